@@ -1,0 +1,1 @@
+"""ASRID-JAX: Attention-based Suspicious Region In-consistency Detector in JAX."""

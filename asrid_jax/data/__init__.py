@@ -1,0 +1,1 @@
+"""Data: TFRecord face shards, the grain input pipeline, augmentation."""

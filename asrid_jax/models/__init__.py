@@ -1,0 +1,1 @@
+"""Flax NNX models: MobileNetV3-Small backbone and the ASRID heads."""

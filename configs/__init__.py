@@ -1,0 +1,1 @@
+"""Experiment configs, one per ASRID paper variant."""
