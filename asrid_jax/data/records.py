@@ -1,0 +1,453 @@
+"""Face-crop shards: TFRecord files of `tf.train.Example`, numpy only.
+
+The on-disk format is the one TensorFlow reads (`tf.data.TFRecordDataset` and
+`tf.io.parse_single_example` work on our shards), but nothing here needs
+TensorFlow: the proto comes from tensorflow-datasets' bundled copy and the
+checksums from google-crc32c.
+
+Framing of one record (all little-endian):
+
+    uint64 length | uint32 masked_crc32c(length) | data | uint32 masked_crc32c(data)
+
+Each shard `NAME.tfrecord` has a sidecar `NAME.tfrecord.idx`: N pairs of
+uint64 (offset, length) of the records' data, for random access with `pread`.
+
+Shards are written under temporary names and renamed when complete, index
+first, shard last: a visible shard is always whole, and a killed writer leaves
+nothing that readers pick up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import pathlib
+import struct
+import tempfile
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import google_crc32c
+import numpy as np
+from PIL import Image
+from tensorflow_datasets.proto import tf_example_pb2
+
+# Bump when a field is added, removed or changes meaning.
+SCHEMA_VERSION = 1
+LABEL_REAL = 0
+LABEL_FAKE = 1
+SHARD_SUFFIX = ".tfrecord"
+INDEX_SUFFIX = ".idx"
+DATASET_INFO = "dataset_info.json"
+SPLITS = ("train", "val", "test")
+
+_HEADER = struct.Struct("<QI")  # length, masked crc of the length
+_FOOTER = struct.Struct("<I")  # masked crc of the data
+_MASK_DELTA = 0xA282EAD8
+
+
+class CorruptRecordError(ValueError):
+  """A record whose framing or checksum is wrong; names the file and offset."""
+
+  def __init__(self, path: os.PathLike | str, offset: int, reason: str):
+    self.path = str(path)
+    self.offset = offset
+    self.reason = reason
+    super().__init__(f"{self.path}: corrupt record at byte {offset}: {reason}")
+
+
+def masked_crc32c(data: bytes) -> int:
+  """The CRC-32C that TFRecord stores: rotated right by 15 plus a constant."""
+  crc = google_crc32c.value(data)
+  return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def frame(data: bytes) -> bytes:
+  """One TFRecord frame around `data`."""
+  length = struct.pack("<Q", len(data))
+  return (
+    length
+    + struct.pack("<I", masked_crc32c(length))
+    + data
+    + _FOOTER.pack(masked_crc32c(data))
+  )
+
+
+# ----------------------------------------------------------------------------
+# The Example schema.
+# ----------------------------------------------------------------------------
+
+# Feature name -> (proto list kind, FaceRecord attribute).
+FEATURES: dict[str, tuple[str, str]] = {
+  "image/encoded": ("bytes", "image"),
+  "image/height": ("int64", "height"),
+  "image/width": ("int64", "width"),
+  "video/id": ("bytes", "video_id"),
+  "video/original": ("bytes", "original"),
+  "video/label": ("int64", "label"),
+  "frame/index": ("int64", "frame_index"),
+  "frame/order": ("int64", "frame_order"),
+  "face/index": ("int64", "face_index"),
+  "face/box": ("float", "box"),
+  "face/landmarks": ("float", "landmarks"),
+  "face/score": ("float", "score"),
+}
+
+
+@dataclasses.dataclass(eq=False)
+class FaceRecord:
+  """One face crop of one sampled frame of one video.
+
+  `box` is (x1, y1, x2, y2) in source-video pixels; `landmarks` are the five
+  MTCNN points (left eye, right eye, nose, mouth left, mouth right) as (x, y)
+  in pixels of the stored crop, so augmentations can use them directly.
+  """
+
+  image: bytes
+  height: int
+  width: int
+  video_id: str
+  original: str
+  label: int
+  frame_index: int
+  frame_order: int
+  face_index: int
+  box: np.ndarray
+  landmarks: np.ndarray
+  score: float
+
+  def __post_init__(self):
+    self.box = np.asarray(self.box, np.float32).reshape(4)
+    self.landmarks = np.asarray(self.landmarks, np.float32).reshape(5, 2)
+    # Stored as float32: round now so a record equals its round trip.
+    self.score = float(np.float32(self.score))
+    if self.label not in (LABEL_REAL, LABEL_FAKE):
+      raise ValueError(f"label must be 0 (REAL) or 1 (FAKE), got {self.label}")
+
+  def __eq__(self, other: object) -> bool:
+    if not isinstance(other, FaceRecord):
+      return NotImplemented
+    return all(
+      np.array_equal(getattr(self, f.name), getattr(other, f.name))
+      for f in dataclasses.fields(self)
+    )
+
+  def to_bytes(self) -> bytes:
+    """The serialized `tf.train.Example`."""
+    example = tf_example_pb2.Example()
+    fmap = example.features.feature
+    for name, (kind, attr) in FEATURES.items():
+      value = getattr(self, attr)
+      if kind == "bytes":
+        raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        fmap[name].bytes_list.value.append(raw)
+      elif kind == "int64":
+        fmap[name].int64_list.value.append(int(value))
+      else:
+        fmap[name].float_list.value.extend(
+          np.asarray(value, np.float32).ravel().tolist()
+        )
+    return example.SerializeToString(deterministic=True)
+
+  @classmethod
+  def from_bytes(cls, data: bytes) -> FaceRecord:
+    """Parses a serialized Example; raises ValueError naming a missing field."""
+    example = tf_example_pb2.Example.FromString(data)
+    fmap = example.features.feature
+    kwargs: dict[str, Any] = {}
+    for name, (kind, attr) in FEATURES.items():
+      if name not in fmap:
+        raise ValueError(f"record has no field {name!r}")
+      feature = fmap[name]
+      if kind == "bytes":
+        (value,) = feature.bytes_list.value
+        kwargs[attr] = value if attr == "image" else value.decode("utf-8")
+      elif kind == "int64":
+        (kwargs[attr],) = feature.int64_list.value
+      else:
+        values = np.asarray(feature.float_list.value, np.float32)
+        kwargs[attr] = float(values[0]) if attr == "score" else values
+    return cls(**kwargs)
+
+  def decode_image(self) -> np.ndarray:
+    """The crop as (H, W, 3) uint8 RGB."""
+    return decode_jpeg(self.image)
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+  """JPEG bytes -> (H, W, 3) uint8 RGB."""
+  with Image.open(io.BytesIO(data)) as img:
+    return np.asarray(img.convert("RGB"))
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
+  """(H, W, 3) uint8 RGB -> JPEG bytes."""
+  buf = io.BytesIO()
+  Image.fromarray(np.asarray(image, np.uint8)).save(
+    buf, format="JPEG", quality=int(quality)
+  )
+  return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------
+# Writing.
+# ----------------------------------------------------------------------------
+
+
+def index_path(shard_path: os.PathLike | str) -> pathlib.Path:
+  return pathlib.Path(str(shard_path) + INDEX_SUFFIX)
+
+
+class ShardWriter:
+  """Writes one shard and its index atomically.
+
+  Use as a context manager. Records go to temporary files in the same folder;
+  on a clean exit both are flushed, fsynced and renamed (index first, then the
+  shard, so a visible shard always has its index). On an exception, or when
+  the process dies, no file under the final names appears.
+  """
+
+  def __init__(self, path: os.PathLike | str):
+    self.path = pathlib.Path(path)
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    tag = f".tmp-{os.getpid()}-{id(self):x}"
+    self._tmp = self.path.with_name(self.path.name + tag)
+    self._tmp_index = self.path.with_name(self.path.name + INDEX_SUFFIX + tag)
+    self._file = open(self._tmp, "wb")  # noqa: SIM115 (closed in close())
+    self._entries: list[tuple[int, int]] = []
+    self._offset = 0
+    self._closed = False
+
+  @property
+  def num_records(self) -> int:
+    return len(self._entries)
+
+  def write(self, data: bytes) -> None:
+    if self._closed:
+      raise ValueError(f"{self.path}: write after close")
+    self._file.write(frame(data))
+    self._entries.append((self._offset + _HEADER.size, len(data)))
+    self._offset += _HEADER.size + len(data) + _FOOTER.size
+
+  def close(self) -> None:
+    """Publishes the shard under its final name."""
+    if self._closed:
+      return
+    self._closed = True
+    try:
+      self._file.flush()
+      os.fsync(self._file.fileno())
+      self._file.close()
+      entries = np.asarray(self._entries, dtype="<u8").reshape(-1, 2)
+      with open(self._tmp_index, "wb") as f:
+        f.write(entries.tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(self._tmp_index, index_path(self.path))
+      os.replace(self._tmp, self.path)
+      _fsync_dir(self.path.parent)
+    except BaseException:
+      self._discard()
+      raise
+
+  def abort(self) -> None:
+    """Drops everything written; nothing becomes visible."""
+    if not self._closed:
+      self._closed = True
+      self._file.close()
+    self._discard()
+
+  def _discard(self) -> None:
+    for p in (self._tmp, self._tmp_index):
+      p.unlink(missing_ok=True)
+
+  def __enter__(self) -> ShardWriter:
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    if exc_type is None:
+      self.close()
+    else:
+      self.abort()
+
+
+def _fsync_dir(path: pathlib.Path) -> None:
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+# ----------------------------------------------------------------------------
+# Reading.
+# ----------------------------------------------------------------------------
+
+
+def read_index(shard_path: os.PathLike | str) -> np.ndarray:
+  """(N, 2) uint64 array of (offset, length) of each record's data."""
+  path = index_path(shard_path)
+  try:
+    raw = path.read_bytes()
+  except FileNotFoundError:
+    raise FileNotFoundError(
+      f"{path}: index missing for shard {shard_path}"
+    ) from None
+  if len(raw) % 16:
+    raise ValueError(f"{path}: index size {len(raw)} is not a multiple of 16")
+  return np.frombuffer(raw, dtype="<u8").reshape(-1, 2)
+
+
+def _check(path, offset: int, header: bytes, data: bytes, footer: bytes):
+  """Verifies a frame's two checksums; `offset` is where the frame starts."""
+  length_bytes = header[:8]
+  (length_crc,) = struct.unpack("<I", header[8:12])
+  if masked_crc32c(length_bytes) != length_crc:
+    raise CorruptRecordError(path, offset, "length checksum mismatch")
+  (data_crc,) = _FOOTER.unpack(footer)
+  if masked_crc32c(data) != data_crc:
+    raise CorruptRecordError(path, offset, "data checksum mismatch")
+
+
+class ShardReader:
+  """Random access to the records of one shard by `os.pread`.
+
+  The file descriptor is opened on first use and not pickled, so a reader can
+  be shipped to worker processes and each opens its own (threads share one fd
+  safely because pread does not move a file position).
+  """
+
+  def __init__(self, path: os.PathLike | str, verify: bool = True):
+    self.path = pathlib.Path(path)
+    self.verify = verify
+    self._index = read_index(self.path)
+    self._fd: int | None = None
+
+  def __len__(self) -> int:
+    return len(self._index)
+
+  def _descriptor(self) -> int:
+    if self._fd is None:
+      self._fd = os.open(self.path, os.O_RDONLY)
+    return self._fd
+
+  def __getitem__(self, i: int) -> bytes:
+    offset, length = (int(v) for v in self._index[i])
+    start = offset - _HEADER.size
+    size = _HEADER.size + length + _FOOTER.size
+    raw = os.pread(self._descriptor(), size, start)
+    if len(raw) != size:
+      raise CorruptRecordError(self.path, start, "file ends inside the record")
+    header, footer = raw[: _HEADER.size], raw[-_FOOTER.size :]
+    data = raw[_HEADER.size : -_FOOTER.size]
+    (stored_length,) = struct.unpack("<Q", header[:8])
+    if stored_length != length:
+      raise CorruptRecordError(
+        self.path, start, f"index says {length} bytes, record {stored_length}"
+      )
+    if self.verify:
+      _check(self.path, start, header, data, footer)
+    return data
+
+  def close(self) -> None:
+    if self._fd is not None:
+      os.close(self._fd)
+      self._fd = None
+
+  def __getstate__(self) -> dict:
+    state = self.__dict__.copy()
+    state["_fd"] = None
+    return state
+
+  def __del__(self):
+    try:
+      self.close()
+    except Exception:  # noqa: BLE001 (interpreter shutdown)
+      pass
+
+
+def iter_records(
+  shard_path: os.PathLike | str, verify: bool = True
+) -> Iterator[bytes]:
+  """Every record of a shard, read sequentially (no index needed)."""
+  path = pathlib.Path(shard_path)
+  with open(path, "rb") as f:
+    offset = 0
+    while True:
+      header = f.read(_HEADER.size)
+      if not header:
+        return
+      if len(header) < _HEADER.size:
+        raise CorruptRecordError(path, offset, "file ends inside a header")
+      (length,) = struct.unpack("<Q", header[:8])
+      data = f.read(length)
+      footer = f.read(_FOOTER.size)
+      if len(data) < length or len(footer) < _FOOTER.size:
+        raise CorruptRecordError(path, offset, "file ends inside the record")
+      if verify:
+        _check(path, offset, header, data, footer)
+      yield data
+      offset += _HEADER.size + length + _FOOTER.size
+
+
+def list_shards(data_dir: os.PathLike | str, split: str) -> list[pathlib.Path]:
+  """The complete shards of a split, sorted by name."""
+  folder = pathlib.Path(data_dir) / split
+  if not folder.is_dir():
+    return []
+  return sorted(p for p in folder.glob("*" + SHARD_SUFFIX) if p.is_file())
+
+
+# ----------------------------------------------------------------------------
+# dataset_info.json
+# ----------------------------------------------------------------------------
+
+
+def write_json_atomic(path: os.PathLike | str, obj: Any) -> None:
+  """Writes JSON to a temp file in the same folder, then renames it."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      json.dump(obj, f, indent=2, sort_keys=True, ensure_ascii=False)
+      f.write("\n")
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def write_dataset_info(
+  data_dir: os.PathLike | str, info: Mapping[str, Any]
+) -> None:
+  """Writes DATA_DIR/dataset_info.json with the schema version added."""
+  write_json_atomic(
+    pathlib.Path(data_dir) / DATASET_INFO,
+    {**info, "schema_version": SCHEMA_VERSION},
+  )
+
+
+def read_dataset_info(data_dir: os.PathLike | str) -> dict:
+  """Reads dataset_info.json; refuses a missing file or another schema."""
+  path = pathlib.Path(data_dir) / DATASET_INFO
+  if not path.is_file():
+    raise FileNotFoundError(
+      f"{path}: not found; is {data_dir} a folder written by "
+      "`python -m preprocessing.extract_faces`?"
+    )
+  try:
+    info = json.loads(path.read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from None
+  version = info.get("schema_version")
+  if version != SCHEMA_VERSION:
+    raise ValueError(
+      f"{path}: schema_version {version!r}, this code reads {SCHEMA_VERSION}; "
+      "re-run preprocessing or use a matching asrid_jax version"
+    )
+  return info
