@@ -1,0 +1,503 @@
+"""MobileNetV3-Small in Flax NNX: an exact port of torchvision's model.
+
+The layer table, activations, squeeze-excitation widths, batch-norm eps and
+momentum, padding and initialisation follow torchvision's
+`mobilenet_v3_small`, so a torchvision state_dict converts to these parameters
+by a name map (see `asrid_jax/convert.py`) and gives the same outputs.
+
+Layout is NHWC. Module paths mirror the torchvision state_dict: torch key
+`features.4.block.1.0.weight` is `features[4].block[1][0].kernel` here (the
+torch `Conv2dNormActivation` Sequential is an `nnx.List` subclass, so its conv
+and norm are items 0 and 1), `features.4.block.2.fc1.weight` is
+`features[4].block[2].fc1.kernel`, `classifier.3.weight` is
+`classifier[3].kernel`. Leaf renames: conv/linear `weight` -> `kernel`, norm
+`weight` -> `scale`, `running_mean` -> `mean`, `running_var` -> `var`.
+
+Train/eval: `model.train()` / `model.eval()` switch batch norm between batch
+statistics (updating the running averages, as torch does) and running
+statistics, and the classifier dropout on/off.
+
+Frozen batch norm (`frozen_bn=True`): every norm layer always normalises with
+its running statistics, never updates them, and stores its scale and bias as
+`FrozenParam` variables instead of `nnx.Param`. Optimisers and gradients taken
+with respect to `nnx.Param` (e.g. `nnx.Optimizer(model, tx, wrt=nnx.Param)`,
+`nnx.grad(..., argnums=nnx.DiffState(0, nnx.Param))`) therefore skip them.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+from flax import nnx
+
+DepthwiseImpl = Literal["auto", "grouped", "shifted"]
+
+# torchvision's BatchNorm2d(eps=0.001, momentum=0.01); flax-style momentum is
+# the weight of the OLD running average, i.e. 1 - torch momentum.
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.99
+DROPOUT_RATE = 0.2
+LAST_CHANNEL = 1024
+
+# Bottleneck table of torchvision's mobilenet_v3_small (width_mult=1):
+# (input, kernel, expanded, out, use_se, activation, stride).
+SMALL_SETTING: tuple[tuple[int, int, int, int, bool, str, int], ...] = (
+  (16, 3, 16, 16, True, "relu", 2),
+  (16, 3, 72, 24, False, "relu", 2),
+  (24, 3, 88, 24, False, "relu", 1),
+  (24, 5, 96, 40, True, "hardswish", 2),
+  (40, 5, 240, 40, True, "hardswish", 1),
+  (40, 5, 240, 40, True, "hardswish", 1),
+  (40, 5, 120, 48, True, "hardswish", 1),
+  (48, 5, 144, 48, True, "hardswish", 1),
+  (48, 5, 288, 96, True, "hardswish", 2),
+  (96, 5, 576, 96, True, "hardswish", 1),
+  (96, 5, 576, 96, True, "hardswish", 1),
+)
+
+# Which `features[i]` output each spatial tap is.
+TAP_INDICES = {"stride8": 3, "stride16": 8, "last": 12}
+
+# torch's kaiming_normal_(mode='fan_out') for convs, N(0, 0.01) for linears.
+_conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+_linear_init = nnx.initializers.normal(0.01)
+
+
+class FrozenParam(nnx.Variable):
+  """A parameter excluded from training (frozen batch-norm scale and bias).
+
+  Not a subclass of `nnx.Param`, so `wrt=nnx.Param` filters leave it out.
+  """
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+  """torchvision's `_make_divisible`: round to a multiple, lose at most 10%."""
+  new_value = max(divisor, int(value + divisor / 2) // divisor * divisor)
+  if new_value < 0.9 * value:
+    new_value += divisor
+  return new_value
+
+
+def _activation(name: str | None, x: jax.Array) -> jax.Array:
+  if name is None:
+    return x
+  if name == "relu":
+    return jax.nn.relu(x)
+  if name == "hardswish":
+    # torch: x * relu6(x + 3) / 6, the same formula as jax.nn.hard_swish.
+    return jax.nn.hard_swish(x)
+  raise ValueError(f"unknown activation {name!r}")
+
+
+def resolve_depthwise_impl(impl: str) -> str:
+  """'auto' -> 'shifted' on CPU (XLA:CPU grouped conv is slow), else 'grouped'."""
+  if impl == "auto":
+    return "shifted" if jax.default_backend() == "cpu" else "grouped"
+  if impl not in ("grouped", "shifted"):
+    raise ValueError(
+      f"depthwise_impl must be 'auto', 'grouped' or 'shifted', got {impl!r}"
+    )
+  return impl
+
+
+class Conv2d(nnx.Module):
+  """Bias-free k x k convolution (optionally depthwise) with torch padding.
+
+  The kernel is HWIO, `(k, k, in // groups, out)`: a depthwise kernel is
+  `(k, k, 1, C)`, the layout `feature_group_count=C` expects. Padding is
+  `(k - 1) // 2` on every side, as torch's Conv2dNormActivation; 'SAME'
+  would pad asymmetrically for stride 2 on even sizes.
+  """
+
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    groups: int = 1,
+    dtype: Any = jnp.float32,
+    depthwise_impl: DepthwiseImpl = "auto",
+    rngs: nnx.Rngs,
+  ):
+    if groups not in (1, in_features) or (
+      groups > 1 and out_features != in_features
+    ):
+      raise ValueError("only dense or depthwise convolutions are supported")
+    self.kernel_size = kernel_size
+    self.stride = stride
+    self.groups = groups
+    self.dtype = dtype
+    self.depthwise_impl = resolve_depthwise_impl(depthwise_impl)
+    shape = (kernel_size, kernel_size, in_features // groups, out_features)
+    # torch's kaiming fan_out is out * k * k for a depthwise (C, 1, k, k)
+    # kernel too, the same as the HWIO (k, k, 1, C) fan_out here.
+    self.kernel = nnx.Param(_conv_init(rngs.params(), shape, jnp.float32))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(self.dtype)
+    kernel = self.kernel[...].astype(self.dtype)
+    pad = (self.kernel_size - 1) // 2
+    if self.groups > 1 and self.depthwise_impl == "shifted":
+      return _shifted_depthwise(x, kernel, self.stride, pad)
+    return jax.lax.conv_general_dilated(
+      x,
+      kernel,
+      window_strides=(self.stride, self.stride),
+      padding=((pad, pad), (pad, pad)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=self.groups,
+    )
+
+
+def _shifted_depthwise(
+  x: jax.Array, kernel: jax.Array, stride: int, pad: int
+) -> jax.Array:
+  """Depthwise conv as a sum of k*k strided shifted slices times weights.
+
+  XLA fuses this into one loop; on XLA:CPU it is several times faster than
+  `conv_general_dilated(feature_group_count=C)` (ENVIRONMENT.md).
+  """
+  k = kernel.shape[0]
+  _, h, w, _ = x.shape
+  out_h = (h + 2 * pad - k) // stride + 1
+  out_w = (w + 2 * pad - k) // stride + 1
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  out = None
+  for i in range(k):
+    for j in range(k):
+      window = jax.lax.slice(
+        xp,
+        (0, i, j, 0),
+        (
+          xp.shape[0],
+          i + stride * (out_h - 1) + 1,
+          j + stride * (out_w - 1) + 1,
+          xp.shape[3],
+        ),
+        (1, stride, stride, 1),
+      )
+      term = window * kernel[i, j, 0]
+      out = term if out is None else out + term
+  return out
+
+
+class BatchNorm2d(nnx.Module):
+  """torch BatchNorm2d semantics over NHWC (statistics in float32).
+
+  Training normalises with the biased batch variance and updates the running
+  variance with the unbiased one, exactly as torch does.
+  """
+
+  def __init__(
+    self,
+    num_features: int,
+    *,
+    eps: float = BN_EPS,
+    momentum: float = BN_MOMENTUM,
+    dtype: Any = jnp.float32,
+    frozen: bool = False,
+  ):
+    param_type = FrozenParam if frozen else nnx.Param
+    self.scale = param_type(jnp.ones((num_features,), jnp.float32))
+    self.bias = param_type(jnp.zeros((num_features,), jnp.float32))
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+    self.eps = eps
+    self.momentum = momentum
+    self.dtype = dtype
+    self.frozen = frozen
+    self.use_running_average = False
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.use_running_average or self.frozen:
+      mean, var = self.mean[...], self.var[...]
+    else:
+      xf = x.astype(jnp.float32)
+      mean = jnp.mean(xf, axis=(0, 1, 2))
+      var = jnp.mean(jnp.square(xf - mean), axis=(0, 1, 2))
+      n = x.shape[0] * x.shape[1] * x.shape[2]
+      unbiased = var * (n / max(n - 1, 1))
+      m = self.momentum
+      self.mean[...] = m * self.mean[...] + (1.0 - m) * mean
+      self.var[...] = m * self.var[...] + (1.0 - m) * unbiased
+    mul = self.scale[...] * jax.lax.rsqrt(var + self.eps)
+    add = self.bias[...] - mean * mul
+    return x.astype(self.dtype) * mul.astype(self.dtype) + add.astype(
+      self.dtype
+    )
+
+
+class ConvNormActivation(nnx.List):
+  """torchvision's Conv2dNormActivation: items [0] conv, [1] batch norm."""
+
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    groups: int = 1,
+    activation: str | None,
+    dtype: Any,
+    depthwise_impl: DepthwiseImpl,
+    frozen_bn: bool,
+    rngs: nnx.Rngs,
+  ):
+    conv = Conv2d(
+      in_features,
+      out_features,
+      kernel_size,
+      stride=stride,
+      groups=groups,
+      dtype=dtype,
+      depthwise_impl=depthwise_impl,
+      rngs=rngs,
+    )
+    norm = BatchNorm2d(out_features, dtype=dtype, frozen=frozen_bn)
+    super().__init__([conv, norm])
+    self.activation = activation
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return _activation(self.activation, self[1](self[0](x)))
+
+
+class SqueezeExcitation(nnx.Module):
+  """SE: global mean -> fc1 -> ReLU -> fc2 -> hardsigmoid -> scale input.
+
+  torch's fc1/fc2 are 1x1 convs on a 1x1 map; here they are linears on the
+  pooled vector (kernel `(in, out)`), which is the same computation.
+  """
+
+  def __init__(
+    self, channels: int, squeeze: int, *, dtype: Any, rngs: nnx.Rngs
+  ):
+    linear = functools.partial(
+      nnx.Linear,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      kernel_init=_conv_init,
+      bias_init=nnx.initializers.zeros_init(),
+      rngs=rngs,
+    )
+    self.fc1 = linear(channels, squeeze)
+    self.fc2 = linear(squeeze, channels)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    scale = jax.nn.relu(self.fc1(scale))
+    scale = jax.nn.hard_sigmoid(self.fc2(scale))
+    return x * scale[:, None, None, :].astype(x.dtype)
+
+
+class InvertedResidual(nnx.Module):
+  """One bottleneck: [expand 1x1] -> depthwise -> [SE] -> project 1x1."""
+
+  def __init__(
+    self,
+    setting: Sequence[Any],
+    *,
+    dtype: Any,
+    depthwise_impl: DepthwiseImpl,
+    frozen_bn: bool,
+    rngs: nnx.Rngs,
+  ):
+    in_ch, kernel, expanded, out_ch, use_se, act, stride = setting
+    common = dict(
+      dtype=dtype,
+      depthwise_impl=depthwise_impl,
+      frozen_bn=frozen_bn,
+      rngs=rngs,
+    )
+    layers: list[nnx.Module] = []
+    if expanded != in_ch:
+      layers.append(
+        ConvNormActivation(in_ch, expanded, 1, activation=act, **common)
+      )
+    layers.append(
+      ConvNormActivation(
+        expanded,
+        expanded,
+        kernel,
+        stride=stride,
+        groups=expanded,
+        activation=act,
+        **common,
+      )
+    )
+    if use_se:
+      squeeze = make_divisible(expanded // 4, 8)
+      layers.append(
+        SqueezeExcitation(expanded, squeeze, dtype=dtype, rngs=rngs)
+      )
+    layers.append(
+      ConvNormActivation(expanded, out_ch, 1, activation=None, **common)
+    )
+    self.block = nnx.List(layers)
+    self.use_res_connect = stride == 1 and in_ch == out_ch
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = x
+    for layer in self.block:
+      y = layer(y)
+    return y + x if self.use_res_connect else y
+
+
+class Hardswish(nnx.Module):
+  """Parameter-free hardswish, a placeholder keeping torch's indices."""
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return jax.nn.hard_swish(x)
+
+
+class MobileNetV3Small(nnx.Module):
+  """torchvision `mobilenet_v3_small` with feature taps, NHWC.
+
+  Args:
+    num_classes: classifier outputs; 0 builds no classifier and returns no
+      'logits' (use it when only the feature taps are needed, so no unused
+      parameters are trained).
+    dtype: computation dtype (e.g. jnp.bfloat16); parameters and batch-norm
+      statistics stay float32.
+    depthwise_impl: 'grouped' (`feature_group_count` convolution),
+      'shifted' (sum of shifted slices) or 'auto' (shifted on CPU, grouped
+      elsewhere; resolved when the model is built).
+    frozen_bn: batch norm always uses running statistics, never updates
+      them, and its scale/bias are `FrozenParam`, not `nnx.Param`.
+    rngs: 'params' for initialisation, 'dropout' for the classifier dropout.
+  """
+
+  def __init__(
+    self,
+    *,
+    num_classes: int = 1000,
+    dtype: Any = jnp.float32,
+    depthwise_impl: DepthwiseImpl = "auto",
+    frozen_bn: bool = False,
+    rngs: nnx.Rngs,
+  ):
+    dtype = jnp.dtype(dtype)
+    common = dict(
+      dtype=dtype,
+      depthwise_impl=depthwise_impl,
+      frozen_bn=frozen_bn,
+      rngs=rngs,
+    )
+    first = SMALL_SETTING[0][0]
+    layers: list[nnx.Module] = [
+      ConvNormActivation(
+        3, first, 3, stride=2, activation="hardswish", **common
+      )
+    ]
+    for setting in SMALL_SETTING:
+      layers.append(InvertedResidual(setting, **common))
+    last_in = SMALL_SETTING[-1][3]
+    self.num_features = 6 * last_in
+    layers.append(
+      ConvNormActivation(
+        last_in, self.num_features, 1, activation="hardswish", **common
+      )
+    )
+    self.features = nnx.List(layers)
+    self.num_classes = num_classes
+    self.dtype = dtype
+    if num_classes:
+      linear = functools.partial(
+        nnx.Linear,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=_linear_init,
+        bias_init=nnx.initializers.zeros_init(),
+        rngs=rngs,
+      )
+      self.classifier = nnx.List(
+        [
+          linear(self.num_features, LAST_CHANNEL),
+          Hardswish(),
+          nnx.Dropout(DROPOUT_RATE, rngs=rngs),
+          linear(LAST_CHANNEL, num_classes),
+        ]
+      )
+    else:
+      self.classifier = None
+
+  def __call__(
+    self, x: jax.Array, *, rngs: nnx.Rngs | None = None
+  ) -> dict[str, jax.Array]:
+    """Runs the network on normalised NHWC images.
+
+    Args:
+      x: (B, H, W, 3) float images, ImageNet-normalised.
+      rngs: optional dropout keys for the classifier (train mode only).
+
+    Returns:
+      'stride8' (B, H/8, W/8, 24), 'stride16' (B, H/16, W/16, 48) and 'last'
+      (B, H/32, W/32, 576) in the compute dtype; 'pooled' (B, 576) and
+      'logits' (B, num_classes; absent when num_classes=0) in float32.
+      Spatial sizes round up as torch's (k - 1) // 2 padding does.
+    """
+    if x.ndim != 4 or x.shape[-1] != 3:
+      raise ValueError(f"expected (B, H, W, 3) NHWC images, got {x.shape}")
+    out: dict[str, jax.Array] = {}
+    taps = {index: name for name, index in TAP_INDICES.items()}
+    for index, layer in enumerate(self.features):
+      x = layer(x)
+      if index in taps:
+        out[taps[index]] = x
+    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    out["pooled"] = pooled
+    if self.classifier is not None:
+      fc1, act, dropout, fc2 = self.classifier
+      y = act(fc1(pooled))
+      y = dropout(y, rngs=rngs)
+      out["logits"] = fc2(y).astype(jnp.float32)
+    return out
+
+
+def load_pretrained(
+  backbone: MobileNetV3Small, path: str | pathlib.Path
+) -> MobileNetV3Small:
+  """Loads weights written by `python -m asrid_jax.convert` into `backbone`.
+
+  All feature weights and batch-norm statistics must match exactly. The
+  classifier is loaded when both the backbone and the file have one of the
+  same shape; otherwise the backbone's own classifier is kept (and logged).
+
+  Returns:
+    The same backbone, updated in place.
+  """
+  # Imported here: convert.py owns the on-disk format and imports this file.
+  from asrid_jax import convert  # pylint: disable=g-import-not-at-top
+
+  saved = convert.read_converted(path)
+  state = nnx.state(backbone)
+  flat = convert.flat_str_dict(nnx.to_pure_dict(state))
+  updates, kept = convert.match_params(flat, saved, source=str(path))
+  if kept:
+    logging.info(
+      "load_pretrained(%s): kept %d initialised classifier tensors (%s)",
+      path,
+      len(kept),
+      ", ".join(sorted(kept)),
+    )
+  pure = nnx.to_pure_dict(state)
+
+  def _replace(node: Any, prefix: tuple[str, ...]) -> Any:
+    if isinstance(node, dict):
+      return {k: _replace(v, prefix + (str(k),)) for k, v in node.items()}
+    key = "/".join(prefix)
+    if key in updates:
+      return jnp.asarray(updates[key], dtype=node.dtype)
+    return node
+
+  nnx.replace_by_pure_dict(state, _replace(pure, ()))
+  nnx.update(backbone, state)
+  return backbone
