@@ -76,6 +76,11 @@ class FrozenParam(nnx.Variable):
   """
 
 
+# Everything a weights file holds: trainable and frozen parameters and the
+# batch-norm statistics (not the dropout RNG state).
+WEIGHTS = nnx.Any(nnx.Param, FrozenParam, nnx.BatchStat)
+
+
 def make_divisible(value: float, divisor: int = 8) -> int:
   """torchvision's `_make_divisible`: round to a multiple, lose at most 10%."""
   new_value = max(divisor, int(value + divisor / 2) // divisor * divisor)
@@ -478,7 +483,7 @@ def load_pretrained(
   from asrid_jax import convert  # pylint: disable=g-import-not-at-top
 
   saved = convert.read_converted(path)
-  state = nnx.state(backbone)
+  state = nnx.state(backbone, WEIGHTS)
   flat = convert.flat_str_dict(nnx.to_pure_dict(state))
   updates, kept = convert.match_params(flat, saved, source=str(path))
   if kept:
