@@ -192,31 +192,68 @@ def _open_writer(path: pathlib.Path, s: SampleSettings) -> cv2.VideoWriter:
   return writer
 
 
-def _write_original(index: int, s: SampleSettings, folder: pathlib.Path):
-  """Renders one REAL clip and its FAKE clips in a single pass."""
-  photo, box, lm = photo_and_landmarks()
-  face_center = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
-  face_h = float(box[3] - box[1])
-  # Independent streams per clip: a clip does not change when others are
-  # added (e.g. a larger --num_originals keeps the first clips as they were).
+def _clip_plan(s: SampleSettings, index: int):
+  """(camera, noise rng, [(sbi params, flicker)] per fake) of one original.
+
+  Independent seed streams per clip: a clip does not change when others are
+  added (a larger --num_originals keeps the first clips as they were).
+  """
   seq = np.random.SeedSequence([s.seed, index])
   cam_seed, noise_seed, *fake_seeds = seq.spawn(2 + s.fakes_per_original)
   cam = _draw_camera(np.random.default_rng(cam_seed), s)
-  noise_rng = np.random.default_rng(noise_seed)
   fakes = []
   for fake_seed in fake_seeds:
     rng = np.random.default_rng(fake_seed)
     params = sbi.sample_params(rng, _SAMPLE_SBI)
     flicker = (float(rng.uniform(0.0, 0.15)), float(rng.uniform(0, 2 * np.pi)))
     fakes.append((params, flicker))
+  return cam, np.random.default_rng(noise_seed), fakes
 
+
+def _frame_matrices(s: SampleSettings, cam: Camera, box) -> np.ndarray:
+  """(F, 2, 3) photo -> frame affine of every frame of a clip."""
+  face_center = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+  face_h = float(box[3] - box[1])
+  return np.stack(
+    [
+      _camera_matrix(cam, f / max(s.frames - 1, 1), face_center, face_h, s)
+      for f in range(s.frames)
+    ]
+  )
+
+
+def ground_truth(s: SampleSettings, index: int) -> dict[str, np.ndarray]:
+  """Where the face is in every frame of original `index` (and its fakes).
+
+  Returns {'boxes': (F, 4) x1, y1, x2, y2 (the photo's MTCNN box mapped by
+  the camera; axis-aligned hull of its corners), 'landmarks': (F, 5, 2)}, in
+  frame pixels.
+  """
+  _, box, lm = photo_and_landmarks()
+  cam, _, _ = _clip_plan(s, index)
+  mats = _frame_matrices(s, cam, box)
+  corners = np.array(
+    [[box[0], box[1]], [box[2], box[1]], [box[0], box[3]], [box[2], box[3]]]
+  )
+  mapped = (
+    np.einsum("fij,nj->fni", mats[:, :, :2], corners) + mats[:, None, :, 2]
+  )
+  boxes = np.concatenate([mapped.min(1), mapped.max(1)], axis=1)
+  lms = np.einsum("fij,nj->fni", mats[:, :, :2], lm) + mats[:, None, :, 2]
+  return {"boxes": boxes, "landmarks": lms}
+
+
+def _write_original(index: int, s: SampleSettings, folder: pathlib.Path):
+  """Renders one REAL clip and its FAKE clips in a single pass."""
+  photo, box, lm = photo_and_landmarks()
+  cam, noise_rng, fakes = _clip_plan(s, index)
+  mats = _frame_matrices(s, cam, box)
   real_name, fake_names = clip_names(s)[index]
   writers = [_open_writer(folder / n, s) for n in [real_name, *fake_names]]
   photo_f = photo.astype(np.float32)
   try:
-    for f in range(s.frames):
+    for f, m in enumerate(mats):
       t = f / max(s.frames - 1, 1)
-      m = _camera_matrix(cam, t, face_center, face_h, s)
       frame = cv2.warpAffine(
         photo_f,
         m,
@@ -233,9 +270,8 @@ def _write_original(index: int, s: SampleSettings, folder: pathlib.Path):
         writers[1:], fakes, strict=True
       ):
         # Slow blend flicker: the swap's strength wavers as in real fakes.
-        blend = params.blend * (
-          1.0 - amp * (0.5 + 0.5 * math.sin(2 * np.pi * 2 * t + phase))
-        )
+        wave = 0.5 + 0.5 * math.sin(4 * np.pi * t + phase)
+        blend = params.blend * (1.0 - amp * wave)
         fake, _ = sbi.apply(
           frame, frame_lm, dataclasses.replace(params, blend=blend)
         )
@@ -388,8 +424,10 @@ def main(argv: list[str]) -> None:
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   start = time.perf_counter()
+  out_dir = pathlib.Path(argv[1])
+  present = out_dir.is_dir() and _existing_state(out_dir, settings) == "same"
   try:
-    part = make_sample(argv[1], settings, overwrite=_OVERWRITE.value)
+    part = make_sample(out_dir, settings, overwrite=_OVERWRITE.value)
   except FileExistsError as e:
     print(f"make_sample: {e}", file=sys.stderr)
     sys.exit(1)
@@ -399,7 +437,11 @@ def main(argv: list[str]) -> None:
     f"make_sample: {clips} clips ({settings.num_originals} REAL, "
     f"{settings.num_originals * settings.fakes_per_original} FAKE), "
     f"{size / 1e6:.1f} MB in {part} (metadata.json there), "
-    f"{time.perf_counter() - start:.1f} s"
+    + (
+      "already present"
+      if present
+      else f"made in {time.perf_counter() - start:.1f} s"
+    )
   )
 
 
