@@ -242,14 +242,21 @@ def _fill(shape, polygon: np.ndarray, landmarks: np.ndarray, offset):
 def _colour(x: np.ndarray, p: SBIParams) -> np.ndarray:
   """RGB shift, brightness/contrast (fixed pivot), hue and saturation."""
   # A fixed pivot (not the crop mean) keeps the transform identical on every
-  # frame of a clip, whatever the crop holds.
-  x = (x + np.asarray(p.rgb_shift, np.float32) - 127.5) * p.contrast
-  x = np.clip(x + 127.5 + p.brightness, 0.0, 255.0)
+  # frame of a clip, whatever the crop holds. Shift, contrast and brightness
+  # fold into one multiply-add.
+  offset = (np.asarray(p.rgb_shift) - 127.5) * p.contrast + 127.5
+  x = x * np.float32(p.contrast) + (offset + p.brightness).astype(np.float32)
+  np.clip(x, 0.0, 255.0, out=x)
   if p.hue_shift or p.saturation != 1.0:
-    hsv = cv2.cvtColor(x / 255.0, cv2.COLOR_RGB2HSV)  # H in degrees
-    hsv[..., 0] = np.mod(hsv[..., 0] + p.hue_shift, 360.0)
-    hsv[..., 1] = np.clip(hsv[..., 1] * p.saturation, 0.0, 1.0)
-    x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * 255.0
+    x *= np.float32(1.0 / 255.0)
+    hsv = cv2.cvtColor(x, cv2.COLOR_RGB2HSV)  # float: H in [0, 360)
+    hue, sat = hsv[..., 0], hsv[..., 1]
+    hue += np.float32(p.hue_shift % 360.0)
+    hue[hue >= 360.0] -= 360.0
+    sat *= np.float32(p.saturation)
+    np.minimum(sat, 1.0, out=sat)
+    x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    x *= np.float32(255.0)
   return x
 
 
