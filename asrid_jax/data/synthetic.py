@@ -21,11 +21,16 @@ from asrid_jax.data import records
 
 
 def draw_face(
-  size: int, rng: np.random.Generator, shift=(0.0, 0.0)
+  size: int, rng: np.random.Generator, shift=(0.0, 0.0), look=None
 ) -> tuple[np.ndarray, np.ndarray]:
-  """(image (size, size, 3) uint8, landmarks (5, 2) float32) of a fake face."""
+  """(image (size, size, 3) uint8, landmarks (5, 2) float32) of a fake face.
+
+  `look` (a Generator seeded per face track) fixes background and skin, so
+  the frames of one track look like one person; `rng` adds sensor noise.
+  """
+  look = rng if look is None else look
   yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-  phase = rng.uniform(0, 2 * np.pi, 3)
+  phase = look.uniform(0, 2 * np.pi, 3)
   bg = np.stack(
     [
       110 + 60 * np.sin(6 * xx + 4 * yy + p + k * 0.1)
@@ -36,7 +41,7 @@ def draw_face(
   image = np.clip(bg + rng.normal(0, 6, bg.shape), 0, 255).astype(np.uint8)
   cx, cy = size * (0.5 + shift[0]), size * (0.52 + shift[1])
   s = size / 64.0
-  skin = tuple(int(v) for v in rng.integers([170, 120, 90], [230, 170, 140]))
+  skin = tuple(int(v) for v in look.integers([170, 120, 90], [230, 170, 140]))
   cv2.ellipse(
     image, (int(cx), int(cy)), (int(19 * s), int(25 * s)), 0, 0, 360, skin, -1
   )
@@ -123,13 +128,15 @@ def write_synthetic_shards(
 def _write_video(writer, video_id, label, rng, frames, max_faces, size) -> int:
   num_faces = int(rng.integers(1, max_faces + 1))
   lengths = rng.integers(frames[0], frames[1] + 1, num_faces)
+  looks = rng.integers(0, 2**31, num_faces)
   n = 0
   for order in range(int(lengths.max())):
     for face in range(num_faces):
       if order >= lengths[face]:
         continue
       drift = (0.02 * np.sin(order / 2 + face), 0.02 * np.cos(order / 3))
-      image, marks = draw_face(size, rng, drift)
+      look = np.random.default_rng(int(looks[face]))
+      image, marks = draw_face(size, rng, drift, look)
       rec = records.FaceRecord(
         image=records.encode_jpeg(image, quality=90),
         height=size,
