@@ -1,0 +1,524 @@
+r"""Score raw videos: P(FAKE) per video, a DFDC submission CSV, heatmaps.
+
+  python -m asrid_jax.predict --workdir=DIR VIDEO_OR_DIR... [--out=DIR] \
+      [--heatmaps] [--checkpoint=best|latest|STEP]
+
+No preprocessing step is needed: each video goes through the very code that
+built the training shards (`preprocessing.faces.extract_video_faces`: decode
+every Nth frame, MTCNN on a downscaled frame, IoU face tracks, margin crop),
+with the settings stored in the training data's dataset_info.json, then the
+same JPEG round trip and resize the input pipeline applies, then the model.
+
+How scores are formed:
+* Each face track is cut into consecutive non-overlapping clips of the
+  config's clip length (1 for picture-sampled variants), the last one padded
+  by repeating its last frame, exactly as evaluation cuts them.
+* Dynamic variants score a clip with the temporal head; static variants
+  score each frame with the static head. A track's score is the mean of its
+  unit scores (`--strategy=confident` uses the DFDC 1st place rule).
+* The video's P(FAKE) is the MAX over its face tracks: a video is fake when
+  any face in it is (DFDC fakes swap one face of several). `--track_reduce
+  =mean` averages instead.
+* A video that cannot be decoded or has no face track gets `--fallback`
+  (0.5, as the DFDC winners did) and its reason; the run never stops for one
+  bad video.
+
+Outputs in --out (default WORKDIR/predict): predictions.csv (DFDC submission
+format: filename,label with label = P(FAKE)), predictions_details.csv (the
+reason, faces, track scores and the time split decode/detect/crop/model of
+every video) and, with --heatmaps, heatmaps/<video>.png: sampled face crops,
+the M attention maps overlaid, the frame scores written on them.
+
+The model runs on one device; torch (MTCNN) is imported only when the
+detector is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from asrid_jax import metrics as metrics_lib
+from asrid_jax import reporting
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg")
+SUBMISSION_HEADER = ("filename", "label")
+DETAIL_HEADER = (
+  "filename",
+  "label",
+  "call",
+  "reason",
+  "tracks",
+  "faces",
+  "units",
+  "track_scores",
+  "decode_s",
+  "detect_s",
+  "crop_s",
+  "model_s",
+  "total_s",
+  "path",
+)
+
+
+@dataclasses.dataclass
+class VideoPrediction:
+  """The result for one input video."""
+
+  filename: str  # the submission key (name relative to its input folder)
+  path: pathlib.Path
+  score: float  # P(FAKE)
+  reason: str = ""  # why the fallback was used; '' when the model scored it
+  track_scores: list[float] = dataclasses.field(default_factory=list)
+  faces: int = 0  # face crops scored
+  units: int = 0  # clips (dynamic) or frames (static) scored
+  timings: dict[str, float] = dataclasses.field(default_factory=dict)
+  heatmap: pathlib.Path | None = None
+
+  @property
+  def fallback(self) -> bool:
+    return bool(self.reason)
+
+
+# ---------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------
+
+
+def find_videos(
+  inputs: Sequence[str | pathlib.Path],
+) -> list[tuple[str, pathlib.Path]]:
+  """(submission filename, path) for every file and video under folders.
+
+  A file named on the command line is always kept (an unreadable one then
+  gets the fallback and its reason); inside folders only files with a video
+  suffix are taken, recursively, named relative to that folder (the DFDC
+  submission uses bare file names, which is what a flat folder gives).
+  """
+  found: list[tuple[str, pathlib.Path]] = []
+  for item in inputs:
+    path = pathlib.Path(item)
+    if path.is_dir():
+      files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+      )
+      if not files:
+        logging.warning(
+          "%s: no video files (%s)", path, ", ".join(VIDEO_SUFFIXES)
+        )
+      found += [(p.relative_to(path).as_posix(), p) for p in files]
+    else:
+      found.append((path.name, path))
+  names = [n for n, _ in found]
+  dupes = sorted({n for n in names if names.count(n) > 1})
+  if dupes:
+    raise ValueError(
+      f"several inputs share the submission filename(s) {dupes[:5]}: a "
+      "submission CSV needs unique names; pass them in separate runs"
+    )
+  return found
+
+
+# ---------------------------------------------------------------------------
+# Faces -> model inputs
+# ---------------------------------------------------------------------------
+
+
+def face_settings_from_info(
+  info: Mapping[str, Any] | None, **overrides: Any
+) -> tuple[Any, dict[str, Any]]:
+  """(FaceSettings, detector kwargs) as the training shards were made.
+
+  `info` is the training data's dataset_info.json (None: preprocessing's
+  defaults); `overrides` (non-None values) win over both.
+  """
+  from preprocessing import faces as faces_lib
+  from preprocessing import tracks as tracks_lib
+
+  stored = dict((info or {}).get("settings") or {})
+  face_keys = {f.name for f in dataclasses.fields(faces_lib.FaceSettings)}
+  track_keys = {f.name for f in dataclasses.fields(tracks_lib.TrackSettings)}
+  kwargs = {k: v for k, v in stored.items() if k in face_keys - {"tracks"}}
+  tracks = {
+    k: v for k, v in (stored.get("tracks") or {}).items() if k in track_keys
+  }
+  detector = {
+    k: stored[k]
+    for k in ("downscale", "min_face_size", "thresholds")
+    if k in stored
+  }
+  for key, value in overrides.items():
+    if value is None:
+      continue
+    if key in face_keys:
+      kwargs[key] = value
+    elif key in track_keys:
+      tracks[key] = value
+    else:
+      detector[key] = value
+  settings = faces_lib.FaceSettings(
+    **kwargs, tracks=tracks_lib.TrackSettings(**tracks)
+  )
+  return settings, detector
+
+
+def model_inputs(
+  track_crops: np.ndarray,
+  *,
+  image_size: int,
+  clip_len: int,
+  jpeg_quality: int | None = 95,
+) -> tuple[np.ndarray, np.ndarray]:
+  """One track's crops -> (clips (K, T, S, S, 3) uint8, orders (K, T)).
+
+  The crops take the path a training crop took: JPEG at the shards' quality,
+  decode, resize to the model's size (the pipeline's `decode_resize`). Orders
+  index the track's frames; -1 marks the repeated last frame of a short clip.
+  """
+  import cv2
+
+  from asrid_jax.data import source as source_lib
+
+  images = []
+  for crop in track_crops:
+    if jpeg_quality is None:
+      data = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))[1]
+    else:
+      data = cv2.imencode(
+        ".jpg",
+        cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
+        [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)],
+      )[1]
+    image, _ = source_lib.decode_resize(data.tobytes(), image_size, "crop")
+    images.append(image)
+  n = len(images)
+  k = -(-n // clip_len)
+  clips = np.empty((k, clip_len, image_size, image_size, 3), np.uint8)
+  orders = np.full((k, clip_len), -1, np.int64)
+  for c in range(k):
+    for t in range(clip_len):
+      i = c * clip_len + t
+      clips[c, t] = images[min(i, n - 1)]
+      if i < n:
+        orders[c, t] = i
+  return clips, orders
+
+
+def run_batched(
+  forward: Callable[[np.ndarray], Mapping[str, Any]],
+  clips: np.ndarray,
+  batch_size: int,
+) -> dict[str, np.ndarray]:
+  """forward over fixed-size batches (zero-padded: one compiled shape)."""
+  outs: dict[str, list[np.ndarray]] = {}
+  for start in range(0, len(clips), batch_size):
+    chunk = clips[start : start + batch_size]
+    n = len(chunk)
+    if n < batch_size:
+      pad = np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)
+      chunk = np.concatenate([chunk, pad])
+    out = forward(chunk)
+    for key, value in out.items():
+      outs.setdefault(key, []).append(np.asarray(value)[:n])
+  return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+# ---------------------------------------------------------------------------
+# Heatmaps
+# ---------------------------------------------------------------------------
+
+
+def render_heatmap(
+  crops: np.ndarray,
+  maps: np.ndarray | None,
+  captions: Sequence[str],
+  *,
+  tile: int = 192,
+  alpha: float = 0.5,
+) -> np.ndarray:
+  """A (R * tile, (1 + M) * tile, 3) uint8 RGB grid: crop, then each map.
+
+  Row r shows crop r with `captions[r]` written on it, then its M attention
+  maps (each min-max scaled on its own, so the picture shows WHERE a head
+  looks, not how strongly) in the JET colour map blended over the crop.
+  """
+  import cv2
+
+  rows = []
+  num_maps = 0 if maps is None else maps.shape[-1]
+  for r, crop in enumerate(crops):
+    base = cv2.resize(crop, (tile, tile), interpolation=cv2.INTER_AREA)
+    cells = [base.copy()]
+    for m in range(num_maps):
+      a = maps[r, :, :, m].astype(np.float32)
+      # Min-max per map: softplus maps never reach 0, so dividing by the max
+      # alone would tint the whole crop; a flat map stays flat (all zero).
+      span = float(a.max() - a.min())
+      a = (a - a.min()) / span if span > 1e-6 * abs(float(a.max())) else a * 0
+      a = cv2.resize(a, (tile, tile), interpolation=cv2.INTER_LINEAR)
+      colour = cv2.applyColorMap(
+        np.clip(a * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET
+      )
+      colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
+      cell = cv2.addWeighted(base, 1 - alpha, colour, alpha, 0)
+      _caption(cell, f"map {m}")
+      cells.append(cell)
+    _caption(cells[0], captions[r])
+    rows.append(np.concatenate(cells, axis=1))
+  return np.concatenate(rows, axis=0)
+
+
+def _caption(image: np.ndarray, text: str) -> None:
+  """White text on a dark band at the top of a tile (in place)."""
+  import cv2
+
+  scale = image.shape[1] / 400
+  height = max(12, int(28 * scale))
+  image[:height] = (image[:height] * 0.35).astype(np.uint8)
+  cv2.putText(
+    image,
+    text,
+    (4, int(height * 0.75)),
+    cv2.FONT_HERSHEY_SIMPLEX,
+    max(0.3, 0.6 * scale),
+    (255, 255, 255),
+    1,
+    cv2.LINE_AA,
+  )
+
+
+def _heatmap_rows(track_outputs, num_frames: int, max_tracks: int = 3):
+  """Picks evenly spaced frames of the first tracks for the heatmap grid."""
+  crops, maps, captions = [], [], []
+  for face, out in track_outputs[:max_tracks]:
+    clips, orders = out["clips"], out["orders"]
+    real = np.argwhere(orders >= 0)  # (n, 2): clip, slot of each real frame
+    picks = np.unique(
+      np.linspace(0, len(real) - 1, num_frames).round().astype(int)
+    )
+    for c, t in real[picks]:
+      crops.append(clips[c, t])
+      if "attention" in out:
+        maps.append(out["attention"][c, t])
+      p = float(out["frame_probs"][c, t])
+      frame = int(out["frame_numbers"][orders[c, t]])
+      captions.append(f"face {face} frame {frame}  P(FAKE) {p:.2f}")
+  return (
+    np.stack(crops),
+    np.stack(maps) if maps else None,
+    captions,
+  )
+
+
+# ---------------------------------------------------------------------------
+# One video, many videos
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PredictOptions:
+  """How faces become a video score (see the module docstring)."""
+
+  image_size: int  # model input side (config.data.image_size)
+  clip_len: int  # frames per model example (1 for picture sampling)
+  dynamic: bool  # score clips with the temporal head
+  batch_size: int = 8  # clips per model call
+  strategy: str = "mean"  # per track: 'mean' or 'confident'
+  track_reduce: str = "max"  # over tracks: 'max' or 'mean'
+  fallback: float = 0.5
+  jpeg_quality: int | None = 95  # the shards' JPEG quality
+  heatmap_dir: pathlib.Path | None = None
+  heatmap_frames: int = 4  # rows per face track in a heatmap
+  heatmap_tile: int = 192
+
+
+def predict_video(
+  filename: str,
+  path: pathlib.Path,
+  *,
+  extract: Callable[[pathlib.Path], Any],
+  forward: Callable[[np.ndarray], Mapping[str, Any]],
+  options: PredictOptions,
+) -> VideoPrediction:
+  """Faces of one video -> P(FAKE); never raises for a bad video."""
+  start = time.perf_counter()
+  result = VideoPrediction(filename, path, options.fallback)
+  try:
+    faces = extract(path)
+    result.timings = {k: float(v) for k, v in faces.timings.items()}
+    if not faces.ok:
+      result.reason = faces.skip_reason
+      return result
+    t0 = time.perf_counter()
+    track_outputs = []
+    unit_scores, unit_tracks = [], []
+    for track in faces.tracks:
+      clips, orders = model_inputs(
+        track.crops,
+        image_size=options.image_size,
+        clip_len=options.clip_len,
+        jpeg_quality=options.jpeg_quality,
+      )
+      out = run_batched(forward, clips, options.batch_size)
+      out.update(clips=clips, orders=orders, frame_numbers=track.frame_indices)
+      track_outputs.append((track.face_index, out))
+      if options.dynamic:
+        scores = out["clip_probs"]
+      else:
+        scores = out["frame_probs"][orders >= 0]
+      unit_scores.append(np.asarray(scores, np.float64).reshape(-1))
+      unit_tracks.append(np.full(unit_scores[-1].size, track.face_index))
+      result.faces += len(track.crops)
+    result.timings["model"] = time.perf_counter() - t0
+    scores = np.concatenate(unit_scores)
+    tracks = np.concatenate(unit_tracks)
+    result.units = int(scores.size)
+    result.track_scores = [
+      metrics_lib.reduce_scores(scores[tracks == t], options.strategy)
+      for t in np.unique(tracks)
+    ]
+    result.score = metrics_lib.reduce_scores(
+      result.track_scores, options.track_reduce
+    )
+    if options.heatmap_dir is not None:
+      crops, maps, captions = _heatmap_rows(
+        track_outputs, options.heatmap_frames
+      )
+      captions[0] += f"  video {result.score:.2f}"
+      grid = render_heatmap(crops, maps, captions, tile=options.heatmap_tile)
+      result.heatmap = _write_png(
+        options.heatmap_dir
+        / (
+          pathlib.Path(filename).with_suffix("").as_posix().replace("/", "__")
+          + ".png"
+        ),
+        grid,
+      )
+  except Exception as e:  # noqa: BLE001 -- one video must not stop the run
+    logging.exception("%s: prediction failed", path)
+    result.score = options.fallback
+    result.reason = f"error: {type(e).__name__}: {e}"
+  finally:
+    result.timings["total"] = time.perf_counter() - start
+  return result
+
+
+def _write_png(path: pathlib.Path, rgb: np.ndarray) -> pathlib.Path:
+  import cv2
+
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+    raise OSError(f"{path}: cannot write PNG")
+  return path
+
+
+def predict_videos(
+  videos: Sequence[tuple[str, pathlib.Path]],
+  *,
+  extract: Callable[[pathlib.Path], Any],
+  forward: Callable[[np.ndarray], Mapping[str, Any]],
+  options: PredictOptions,
+  progress: bool = True,
+) -> list[VideoPrediction]:
+  """predict_video over a list, with a tqdm bar."""
+  from tqdm import tqdm
+
+  results = []
+  for filename, path in tqdm(
+    videos, desc="predict", unit="video", disable=not progress
+  ):
+    results.append(
+      predict_video(
+        filename, path, extract=extract, forward=forward, options=options
+      )
+    )
+  return results
+
+
+def write_outputs(
+  results: Sequence[VideoPrediction], out_dir: pathlib.Path
+) -> dict[str, pathlib.Path]:
+  """predictions.csv (DFDC submission) and predictions_details.csv."""
+  submission = reporting.write_csv(
+    out_dir / "predictions.csv",
+    SUBMISSION_HEADER,
+    [(r.filename, float(r.score)) for r in results],
+  )
+  details = reporting.write_csv(
+    out_dir / "predictions_details.csv",
+    DETAIL_HEADER,
+    [_detail_row(r) for r in results],
+  )
+  return {"submission": submission, "details": details}
+
+
+def _detail_row(r: VideoPrediction) -> list[Any]:
+  t = r.timings
+  return [
+    r.filename,
+    float(r.score),
+    "FAKE" if r.score >= 0.5 else "REAL",
+    r.reason,
+    len(r.track_scores),
+    r.faces,
+    r.units,
+    " ".join(f"{s:.4f}" for s in r.track_scores),
+    *(
+      float(t.get(k, 0.0))
+      for k in ("decode", "detect", "crop", "model", "total")
+    ),
+    str(r.path),
+  ]
+
+
+def format_results(results: Sequence[VideoPrediction]) -> str:
+  """The console table plus the mean time split per scored video."""
+  header = [
+    "video",
+    "P(FAKE)",
+    "call",
+    "faces",
+    "tracks",
+    "decode s",
+    "detect s",
+    "model s",
+    "reason",
+  ]
+  rows = []
+  for r in results:
+    t = r.timings
+    rows.append(
+      [
+        r.filename if len(r.filename) <= 32 else "..." + r.filename[-29:],
+        float(r.score),
+        "FAKE" if r.score >= 0.5 else "REAL",
+        r.faces,
+        len(r.track_scores),
+        t.get("decode"),
+        t.get("detect"),
+        t.get("model"),
+        r.reason[:60],
+      ]
+    )
+  table = reporting.format_table(header, rows, digits=3)
+  scored = [r for r in results if not r.fallback]
+  if scored:
+    mean = {
+      k: float(np.mean([r.timings.get(k, 0.0) for r in scored]))
+      for k in ("decode", "detect", "crop", "model", "total")
+    }
+    table += (
+      f"\n{len(scored)} scored, {len(results) - len(scored)} fallback; "
+      f"mean s/video: decode {mean['decode']:.2f}, detect {mean['detect']:.2f}"
+      f", crop {mean['crop']:.2f}, model {mean['model']:.2f}, total "
+      f"{mean['total']:.2f}"
+    )
+  return table
