@@ -25,6 +25,7 @@ written to a temporary folder and renamed into place.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import hashlib
@@ -38,7 +39,7 @@ import time
 
 import cv2
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 from tqdm import tqdm
 
 from asrid_jax.data import sbi
@@ -308,6 +309,16 @@ def _settings_json(s: SampleSettings) -> dict:
   return {"generator_version": GENERATOR_VERSION, **dataclasses.asdict(s)}
 
 
+def _pid_alive(pid: str) -> bool:
+  try:
+    os.kill(int(pid), 0)
+  except (ValueError, ProcessLookupError):
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
 def _foreign_entries(out_dir: pathlib.Path) -> list[str]:
   ours = {PART_DIR, INFO_FILE}
   return sorted(
@@ -347,9 +358,11 @@ def make_sample(
       f"{out_dir} holds a different or incomplete sample; pass --overwrite "
       f"to replace it, or choose another folder"
     )
-  # Leftovers of an interrupted run are ours to remove.
-  for stale in out_dir.glob(_TMP_PREFIX + "*"):
-    shutil.rmtree(stale, ignore_errors=True)
+  # Leftovers of an interrupted run are ours to remove (not those of a run
+  # still going).
+  for stale in out_dir.glob(_TMP_PREFIX + "_*"):
+    if not _pid_alive(stale.name.rsplit("_", 1)[-1]):
+      shutil.rmtree(stale, ignore_errors=True)
 
   tmp = out_dir / f"{_TMP_PREFIX}_{os.getpid()}"
   tmp_part = tmp / PART_DIR
@@ -384,53 +397,69 @@ def make_sample(
 
 # ----------------------------------------------------------------------- CLI
 
-_NUM_ORIGINALS = flags.DEFINE_integer(
-  "num_originals", 10, "REAL clips to make."
-)
-_FAKES = flags.DEFINE_integer(
-  "fakes_per_original", 2, "FAKE clips made from each REAL clip."
-)
-_FRAMES = flags.DEFINE_integer("frames", 80, "Frames per clip.")
-_SIZE = flags.DEFINE_string("size", "320x240", "Frame size WIDTHxHEIGHT.")
-_FPS = flags.DEFINE_float("fps", 25.0, "Frames per second.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed; the sample is a function of it.")
-_OVERWRITE = flags.DEFINE_boolean(
-  "overwrite", False, "Replace a different sample already in OUT_DIR."
-)
-
 
 def _parse_size(text: str) -> tuple[int, int]:
   try:
     w, h = (int(v) for v in text.lower().split("x"))
   except ValueError:
-    raise app.UsageError(f"--size must be WIDTHxHEIGHT, got {text!r}") from None
+    raise argparse.ArgumentTypeError(
+      f"--size must be WIDTHxHEIGHT, got {text!r}"
+    ) from None
   return w, h
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) != 2:
-    raise app.UsageError("usage: python -m preprocessing.make_sample OUT_DIR")
-  width, height = _parse_size(_SIZE.value)
+def _parser() -> argparse.ArgumentParser:
+  # argparse, not absl flags: this module is imported by tests and other
+  # tools, and module-level absl flags would collide with theirs.
+  d = SampleSettings()
+  p = argparse.ArgumentParser(
+    prog="python -m preprocessing.make_sample",
+    description="Write the built-in DFDC-style sample of REAL/FAKE clips.",
+  )
+  p.add_argument("out_dir", help="folder to write the sample into")
+  p.add_argument("--num_originals", type=int, default=d.num_originals)
+  p.add_argument("--fakes_per_original", type=int, default=d.fakes_per_original)
+  p.add_argument("--frames", type=int, default=d.frames, help="per clip")
+  p.add_argument(
+    "--size",
+    type=_parse_size,
+    default=(d.width, d.height),
+    help=f"WIDTHxHEIGHT (default {d.width}x{d.height})",
+  )
+  p.add_argument("--fps", type=float, default=d.fps)
+  p.add_argument("--seed", type=int, default=d.seed)
+  p.add_argument(
+    "--overwrite",
+    action="store_true",
+    help="replace a different sample already in OUT_DIR",
+  )
+  return p
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = _parser()
+  args = parser.parse_args(argv)
+  logging.set_verbosity(logging.INFO)
   try:
     settings = SampleSettings(
-      num_originals=_NUM_ORIGINALS.value,
-      fakes_per_original=_FAKES.value,
-      frames=_FRAMES.value,
-      width=width,
-      height=height,
-      fps=_FPS.value,
-      seed=_SEED.value,
+      num_originals=args.num_originals,
+      fakes_per_original=args.fakes_per_original,
+      frames=args.frames,
+      width=args.size[0],
+      height=args.size[1],
+      fps=args.fps,
+      seed=args.seed,
     )
   except ValueError as e:
-    raise app.UsageError(str(e)) from None
+    parser.error(str(e))
   start = time.perf_counter()
-  out_dir = pathlib.Path(argv[1])
+  out_dir = pathlib.Path(args.out_dir)
   present = out_dir.is_dir() and _existing_state(out_dir, settings) == "same"
   try:
-    part = make_sample(out_dir, settings, overwrite=_OVERWRITE.value)
+    part = make_sample(out_dir, settings, overwrite=args.overwrite)
   except FileExistsError as e:
     print(f"make_sample: {e}", file=sys.stderr)
-    sys.exit(1)
+    return 1
   clips = len(list(part.glob("*.mp4")))
   size = sum(p.stat().st_size for p in part.iterdir())
   print(
@@ -443,7 +472,8 @@ def main(argv: list[str]) -> None:
       else f"made in {time.perf_counter() - start:.1f} s"
     )
   )
+  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  sys.exit(main())
