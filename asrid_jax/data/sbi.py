@@ -338,6 +338,9 @@ def apply(
   source = _warp(source, params, center, x_axis, y_axis, face_size)
   source = source[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0]
 
+  # The mask stays on the target's landmarks while the warped source moves
+  # under it: the slight misalignment at the blend boundary is one of the
+  # traces SBI teaches.
   roi_mask = _fill((y1 - y0, x1 - x0), polygon, lm, (x0, y0))
   ksize = 2 * radius + 1
   roi_mask = cv2.GaussianBlur(
