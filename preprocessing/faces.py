@@ -1,0 +1,204 @@
+"""One video -> face tracks with crops: decode, sample, detect, track, crop.
+
+This is the single code path shared by `extract_faces` (which encodes and
+writes the crops to shards) and by prediction on raw videos (which feeds them
+to the model directly). Nothing here writes files.
+"""
+
+import dataclasses
+import os
+import pathlib
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from preprocessing import crop as crop_lib
+from preprocessing import tracks as tracks_lib
+from preprocessing import video as video_lib
+from preprocessing.detect import Detector
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceSettings:
+  """Everything that decides which crops a video yields.
+
+  Attributes:
+    frame_step: sample every Nth frame.
+    max_frames: at most this many sampled frames per video.
+    min_frames: a video with fewer sampled frames is skipped.
+    margin: added to each side of a box, as a fraction of its size.
+    image_size: side of the square crops.
+    tracks: linking and filtering of face tracks.
+  """
+
+  frame_step: int = 10
+  max_frames: int = 30
+  min_frames: int = 8
+  margin: float = 1 / 3
+  image_size: int = 380
+  tracks: tracks_lib.TrackSettings = tracks_lib.TrackSettings()
+
+  def as_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Reference:
+  """An original's face tracks, reusable on fakes of the same geometry."""
+
+  video_id: str
+  geometry: video_lib.Geometry
+  frame_indices: list[int]
+  tracks: list[tracks_lib.Track]
+
+  def fits(self, frames: video_lib.SampledFrames) -> bool:
+    return (
+      frames.geometry == self.geometry
+      and frames.frame_indices == self.frame_indices
+    )
+
+
+@dataclasses.dataclass
+class FaceTrack:
+  """The crops of one face track; arrays are indexed like `frame_orders`."""
+
+  face_index: int
+  frame_orders: np.ndarray  # int (n,) position among the sampled frames
+  frame_indices: np.ndarray  # int (n,) frame number in the video
+  boxes: np.ndarray  # float32 (n, 4) source-video pixels
+  scores: np.ndarray  # float32 (n,)
+  landmarks: np.ndarray  # float32 (n, 5, 2) crop pixels
+  crops: np.ndarray  # uint8 (n, S, S, 3) RGB
+
+
+@dataclasses.dataclass
+class VideoFaces:
+  """What one video yields, or why it yields nothing (`skip_reason`)."""
+
+  path: pathlib.Path
+  skip_reason: str | None = None
+  geometry: video_lib.Geometry | None = None
+  fps: float = 0.0
+  frame_indices: list[int] = dataclasses.field(default_factory=list)
+  tracks: list[FaceTrack] = dataclasses.field(default_factory=list)
+  # 'self' when faces were detected on this video, else the original's id.
+  boxes_from: str = "self"
+  raw_tracks: list[tracks_lib.Track] = dataclasses.field(default_factory=list)
+  timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+  @property
+  def ok(self) -> bool:
+    return self.skip_reason is None
+
+  @property
+  def num_faces(self) -> int:
+    return sum(len(t.frame_orders) for t in self.tracks)
+
+  def reference(self, video_id: str) -> Reference | None:
+    """Its tracks as a Reference for fakes, None when it has none."""
+    if not self.ok or self.boxes_from != "self" or not self.raw_tracks:
+      return None
+    return Reference(
+      video_id, self.geometry, list(self.frame_indices), self.raw_tracks
+    )
+
+  def iter_faces(self) -> Iterator[tuple[FaceTrack, int]]:
+    """(track, i) in frame order, then face order within a frame."""
+    entries = [
+      (int(t.frame_orders[i]), t.face_index, t, i)
+      for t in self.tracks
+      for i in range(len(t.frame_orders))
+    ]
+    for _, _, track, i in sorted(entries, key=lambda e: (e[0], e[1])):
+      yield track, i
+
+
+def extract_video_faces(
+  path: str | os.PathLike,
+  detector: Detector | None,
+  settings: FaceSettings = FaceSettings(),
+  reference: Reference | None = None,
+) -> VideoFaces:
+  """Decodes, samples, detects (or reuses `reference`), tracks and crops.
+
+  Args:
+    path: the video file.
+    detector: finds faces; may be None only when `reference` fits.
+    settings: sampling, tracking and crop settings.
+    reference: an original's tracks; used instead of detection when the
+      video has the same frame size, frame count and sampled frames.
+
+  Returns:
+    A VideoFaces; `skip_reason` says why a video yields no crops (cannot be
+    decoded, too short, no face), so one bad video never stops a run.
+  """
+  path = pathlib.Path(path)
+  timings = {"decode": 0.0, "detect": 0.0, "crop": 0.0}
+  t0 = time.perf_counter()
+  try:
+    frames = video_lib.read_frames(
+      path, settings.frame_step, settings.max_frames, settings.min_frames
+    )
+  except video_lib.VideoError as e:
+    timings["decode"] = time.perf_counter() - t0
+    return VideoFaces(path, skip_reason=str(e), timings=timings)
+  timings["decode"] = time.perf_counter() - t0
+  result = VideoFaces(
+    path,
+    geometry=frames.geometry,
+    fps=frames.fps,
+    frame_indices=frames.frame_indices,
+    timings=timings,
+  )
+
+  t0 = time.perf_counter()
+  if reference is not None and reference.fits(frames):
+    result.boxes_from = reference.video_id
+    kept = reference.tracks
+  else:
+    if detector is None:
+      raise ValueError(f"{path}: no detector and no fitting reference")
+    detections = detector.detect(frames.frames)
+    kept = tracks_lib.build_tracks(detections, settings.tracks)
+    if not kept:
+      raw = sum(len(d) for d in detections)
+      result.skip_reason = (
+        f"no face: {raw} detection(s) in {len(detections)} sampled frames, "
+        "none in a track long and confident enough"
+      )
+  timings["detect"] = time.perf_counter() - t0
+  result.raw_tracks = list(kept)
+
+  t0 = time.perf_counter()
+  for face_index, track in enumerate(kept):
+    result.tracks.append(_crop_track(face_index, track, frames, settings))
+  timings["crop"] = time.perf_counter() - t0
+  return result
+
+
+def _crop_track(
+  face_index: int,
+  track: tracks_lib.Track,
+  frames: video_lib.SampledFrames,
+  settings: FaceSettings,
+) -> FaceTrack:
+  crops, landmarks = [], []
+  for pos, box, points in zip(
+    track.positions, track.boxes, track.landmarks, strict=True
+  ):
+    image, points_crop = crop_lib.crop_face(
+      frames.frames[pos], box, points, settings.image_size, settings.margin
+    )
+    crops.append(image)
+    landmarks.append(points_crop)
+  positions = np.asarray(track.positions, np.int64)
+  return FaceTrack(
+    face_index=face_index,
+    frame_orders=positions,
+    frame_indices=np.asarray(frames.frame_indices, np.int64)[positions],
+    boxes=np.asarray(np.stack(track.boxes), np.float32),
+    scores=np.asarray(track.scores, np.float32),
+    landmarks=np.stack(landmarks).astype(np.float32),
+    crops=np.stack(crops),
+  )

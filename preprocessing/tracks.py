@@ -1,0 +1,140 @@
+"""Linking per-frame face boxes into face tracks, and dropping spurious ones.
+
+MTCNN at its default thresholds often adds a second or third box on a
+single-person clip (ENVIRONMENT.md): a patch of background that looks like a
+face in a few frames. Such boxes form short or low-score tracks, which are
+dropped instead of becoming training data labelled with the video's label.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from preprocessing.detect import Detections
+
+
+@dataclasses.dataclass
+class Track:
+  """One face followed across the sampled frames of a video."""
+
+  positions: list[int]  # indices into the sampled-frame list (frame order)
+  boxes: list[np.ndarray]  # (4,) full-resolution x1, y1, x2, y2
+  scores: list[float]
+  landmarks: list[np.ndarray]  # (5, 2) full-resolution
+
+  def __len__(self) -> int:
+    return len(self.positions)
+
+  @property
+  def mean_score(self) -> float:
+    return float(np.mean(self.scores))
+
+  @property
+  def mean_area(self) -> float:
+    b = np.stack(self.boxes)
+    return float(np.mean((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackSettings:
+  """How boxes are linked and which tracks are kept.
+
+  Attributes:
+    iou_threshold: a box joins the track whose last box overlaps it most if
+      that IoU is at least this.
+    max_gap: a track may miss this many sampled frames and still be extended.
+    min_fraction: keep tracks present in at least this fraction of the
+      sampled frames ...
+    min_length: ... and in at least this many frames.
+    min_score: keep tracks whose mean detector score is at least this.
+  """
+
+  iou_threshold: float = 0.2
+  max_gap: int = 2
+  min_fraction: float = 0.2
+  min_length: int = 2
+  min_score: float = 0.75
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """Pairwise IoU of boxes a (n, 4) and b (m, 4) -> (n, m)."""
+  a = np.asarray(a, np.float64).reshape(-1, 4)
+  b = np.asarray(b, np.float64).reshape(-1, 4)
+  x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+  y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+  x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+  y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+  inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+  area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+  area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+  union = area_a[:, None] + area_b[None, :] - inter
+  return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def link_tracks(
+  detections: Sequence[Detections], settings: TrackSettings = TrackSettings()
+) -> list[Track]:
+  """Greedy IoU linking, frame by frame, best-overlapping pairs first."""
+  tracks: list[Track] = []
+  for pos, det in enumerate(detections):
+    active = [
+      t for t in tracks if pos - t.positions[-1] - 1 <= settings.max_gap
+    ]
+    unmatched = set(range(len(det)))
+    if active and len(det):
+      last = np.stack([t.boxes[-1] for t in active])
+      overlap = iou_matrix(det.boxes, last)
+      used_tracks = set()
+      # Highest IoU first, so two nearby faces do not swap tracks because of
+      # the order MTCNN listed them in.
+      for flat in np.argsort(-overlap, axis=None, kind="stable"):
+        i, j = np.unravel_index(flat, overlap.shape)
+        if overlap[i, j] < settings.iou_threshold:
+          break
+        if i not in unmatched or j in used_tracks:
+          continue
+        _extend(active[j], pos, det, i)
+        unmatched.discard(i)
+        used_tracks.add(j)
+    for i in sorted(unmatched):
+      track = Track([], [], [], [])
+      _extend(track, pos, det, i)
+      tracks.append(track)
+  return tracks
+
+
+def _extend(track: Track, pos: int, det: Detections, i: int) -> None:
+  track.positions.append(pos)
+  track.boxes.append(det.boxes[i])
+  track.scores.append(float(det.scores[i]))
+  track.landmarks.append(det.landmarks[i])
+
+
+def filter_tracks(
+  tracks: Sequence[Track],
+  num_frames: int,
+  settings: TrackSettings = TrackSettings(),
+) -> list[Track]:
+  """Drops short and low-score tracks; orders the rest (main face first).
+
+  Order: longest track first, then larger faces, then leftmost; the position
+  in the returned list is the track's `face/index`.
+  """
+  need = max(settings.min_length, settings.min_fraction * num_frames)
+  kept = [
+    t for t in tracks if len(t) >= need and t.mean_score >= settings.min_score
+  ]
+  return sorted(
+    kept,
+    key=lambda t: (-len(t), -round(t.mean_area, 3), float(t.boxes[0][0])),
+  )
+
+
+def build_tracks(
+  detections: Sequence[Detections], settings: TrackSettings = TrackSettings()
+) -> list[Track]:
+  """link_tracks then filter_tracks."""
+  return filter_tracks(
+    link_tracks(detections, settings), len(detections), settings
+  )
