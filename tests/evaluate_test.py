@@ -1,52 +1,29 @@
 """Tests for asrid_jax.evaluate: exact pass, metrics vs direct computation."""
 
+import csv
+import functools
+import json
+
+import cv2
 import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from eval_helpers import random_model
 from flax import nnx
 
-from asrid_jax import evaluate
+from asrid_jax import checkpoint as checkpoint_lib
+from asrid_jax import evaluate, scoring, train_state
 from asrid_jax import metrics as metrics_lib
+from asrid_jax import sharding as sharding_lib
 from asrid_jax.data import index as index_lib
 from asrid_jax.data import records, synthetic
 from asrid_jax.data import source as source_lib
-from asrid_jax.models import asrid as asrid_lib
 from configs import dyn_mix
 
 IMAGE_SIZE = 32
 CLIP_LEN = 3
-
-
-def random_model(model_config, seed=0):
-  """An ASRID with random weights, built without running its initialisers.
-
-  Initialising MobileNetV3 eagerly costs tens of seconds on the 2-core CI
-  machine; filling the abstract model's leaves from numpy is instant and is
-  just as random. BatchNorm variances are 1 so activations stay finite.
-  """
-  abstract = nnx.eval_shape(
-    lambda: asrid_lib.ASRID(**model_config, rngs=nnx.Rngs(0))
-  )
-  graphdef, state = nnx.split(abstract)
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = str(path[-1])
-    if "var" in name:
-      return np.ones(leaf.shape, leaf.dtype)
-    if "mean" in name or "center" in name:
-      return np.zeros(leaf.shape, leaf.dtype)
-    fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 1
-    scale = 1.0 / np.sqrt(max(fan_in, 1))
-    return (rng.standard_normal(leaf.shape) * scale).astype(leaf.dtype)
-
-  filled = nnx.from_flat_state(
-    [
-      (p, v.replace(fill(p, v.get_value())))
-      for p, v in nnx.to_flat_state(state)
-    ]
-  )
-  return nnx.merge(graphdef, filled)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +78,7 @@ def test_collect_drops_masked_rows_and_padded_frames():
     "frame_order": np.array([[0, 1], [0, -1], [-1, -1]]),
     "_mask": np.array([True, True, False]),
   }
-  preds = evaluate.collect(_fake_forward, [batch], progress=False)
+  preds = scoring.collect(_fake_forward, [batch], progress=False)
   np.testing.assert_array_equal(preds.frame_video, [0, 0, 1])
   np.testing.assert_array_equal(preds.frame_order, [0, 1, 0])
   np.testing.assert_allclose(preds.frame_probs, [0.2, 0.4, 0.8])
@@ -111,7 +88,7 @@ def test_collect_drops_masked_rows_and_padded_frames():
 
 
 def test_summarize_levels_and_rows():
-  preds = evaluate.Predictions(
+  preds = scoring.Predictions(
     frame_video=np.array([0, 0, 0, 1, 1, 2]),
     frame_face=np.array([0, 0, 1, 0, 0, 0]),
     frame_order=np.array([0, 1, 0, 0, 1, 0]),
@@ -123,7 +100,7 @@ def test_summarize_levels_and_rows():
     clip_probs=np.array([0.8, 0.3, 0.2, 0.4]),
   )
   priors = {"frame": 0.5, "clip": 0.75, "video": 2 / 3}
-  result, rows = evaluate.summarize(
+  result, rows = scoring.summarize(
     preds, ["a.mp4", "b.mp4", "c.mp4"], priors=priors, strategy="mean"
   )
   assert result["counts"] == {
@@ -147,14 +124,14 @@ def test_summarize_levels_and_rows():
   assert [r["tracks"] for r in rows] == [2, 1, 1]
   np.testing.assert_allclose([r["score"] for r in rows], video_scores)
   # Frame-level unit scores instead: track means (0.8, 0.2 | 0.2 | 0.6).
-  result, _ = evaluate.summarize(
+  result, _ = scoring.summarize(
     preds, ["a", "b", "c"], strategy="mean", score_source="frame"
   )
   assert result["video"]["log_loss"] == pytest.approx(
     metrics_lib.log_loss(labels, [0.8, 0.2, 0.6])
   )
   assert "prior" not in result["video"]
-  text = evaluate.format_report(result)
+  text = scoring.format_report(result)
   assert "video_confident" in text and "LogLoss" in text
 
 
@@ -215,11 +192,17 @@ def _direct(model, data_dir, split):
   }
 
 
-def test_evaluate_matches_direct_computation(config, shards, model):
-  data_dir, summary = shards
+@pytest.fixture(scope="module")
+def result_8(config, shards, model):
+  """evaluate() of the live model on all 8 devices, shared by two tests."""
   config = config.copy_and_resolve_references()
-  config.data.dir = str(data_dir)
-  result = evaluate.evaluate(config, model, "test", progress=False)
+  config.data.dir = str(shards[0])
+  return evaluate.evaluate(config, model, "test", progress=False)
+
+
+def test_evaluate_matches_direct_computation(shards, model, result_8):
+  data_dir, summary = shards
+  result = result_8
   m = result.metrics
   assert m["counts"]["frames"] == summary["test"]["records"]
   assert m["counts"]["videos"] == summary["test"]["videos"]
@@ -260,3 +243,79 @@ def test_evaluate_matches_direct_computation(config, shards, model):
   )
   # The caller's model is still in train mode (evaluated on a view).
   assert not model.deterministic
+
+
+# ---------------------------------------------------------------------------
+# The command line: a checkpoint saved on 8 devices, evaluated on 2
+# ---------------------------------------------------------------------------
+
+
+def _save_checkpoint(workdir, config, model, step):
+  """A checkpoint as train.py writes it, laid out on all 8 devices."""
+  mesh = sharding_lib.make_mesh([("data", -1)])
+  assert mesh.devices.size == 8
+  spec = train_state.ModelSpec.of(model)
+  params, rest = spec.split(model)
+  put = functools.partial(jax.device_put, device=sharding_lib.replicated(mesh))
+  state = {
+    "params": put(params),
+    "model_state": put(rest),
+    "opt": {"count": put(jnp.zeros((), jnp.int32))},
+    "step": put(jnp.asarray(step, jnp.int32)),
+  }
+  # Orbax saves a replicated array "replica-parallel" on CPU: one lax.slice
+  # per array and device, each compiled for its shape (~40 s for this model
+  # on the 2-core CI machine). Plain saving writes the same files.
+  previous = ocp.type_handlers.get_type_handler(jax.Array)
+  ocp.type_handlers.register_type_handler(
+    jax.Array,
+    ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
+    override=True,
+  )
+  try:
+    ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
+    ckpt.save(step, state, config=config, metrics={"val_logloss": 0.6})
+    ckpt.close()
+  finally:
+    ocp.type_handlers.register_type_handler(jax.Array, previous, override=True)
+
+
+def test_cli_restores_other_mesh_and_writes_outputs(
+  config, shards, model, result_8, tmp_path, capsys
+):
+  data_dir, summary = shards
+  config = config.copy_and_resolve_references()
+  config.data.dir = str(data_dir)
+  workdir = tmp_path / "run"
+  _save_checkpoint(workdir, config, model, step=7)
+  out = tmp_path / "eval"
+  argv = [f"--workdir={workdir}", "--split=test", f"--out={out}"]
+  assert evaluate.main([*argv, "--devices=2"]) == 0
+  printed = capsys.readouterr().out
+  assert "step 7" in printed and "2 devices" in printed
+  assert "video_confident" in printed and "prior LL" in printed
+
+  saved = json.loads((out / "metrics.json").read_text())
+  assert saved["step"] == 7 and saved["devices"] == 2
+  assert saved["counts"]["frames"] == summary["test"]["records"]
+  # Same weights on 8 devices (the live model) give the same numbers.
+  direct = result_8.metrics
+  assert direct["devices"] == 8
+  for level in ("frame", "clip", "video"):
+    assert saved[level]["log_loss"] == pytest.approx(
+      direct[level]["log_loss"], rel=1e-4
+    )
+  with open(out / "videos.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == summary["test"]["videos"]
+  assert list(rows[0]) == list(evaluate.VIDEO_CSV_HEADER)
+  assert sum(int(r["frames_used"]) for r in rows) == summary["test"]["records"]
+  for name in ("roc.png", "scores.png"):
+    image = cv2.imread(str(out / name))
+    assert image is not None and image.shape[0] > 100, name
+
+
+def test_cli_names_missing_workdir(tmp_path, capsys):
+  assert evaluate.main([f"--workdir={tmp_path}"]) == 1
+  err = capsys.readouterr().err
+  assert str(tmp_path) in err and "no checkpoints" in err
