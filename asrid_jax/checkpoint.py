@@ -1,0 +1,289 @@
+"""One Orbax CheckpointManager for training state, data iterator and config.
+
+Layout: WORKDIR/checkpoints/<step>/{model, opt, data, config}
+  model   {'params', 'model_state'[, 'ema']}   flat str-keyed dicts
+  opt     {'opt': optax state, 'step': int32}
+  data    the grain iterator state, one JSON file per process
+  config  the full ml_collections config as JSON (evaluate.py needs no flags)
+
+Retention: the last `keep` checkpoints AND the best one by validation LogLoss
+(checkpoints saved right after an evaluation carry it as a metric).
+
+Saves are asynchronous (Orbax writes in a background thread after the device
+-> host copy); the iterator state is snapshotted at the save call, so the
+loop can keep consuming batches meanwhile. Orbax writes each step into
+'<step>.orbax-checkpoint-tmp*' and renames it when complete, so a save
+interrupted by kill -9 never looks like a checkpoint; `Checkpointer` lists
+such leftovers at start-up (`incomplete`), logs them, and Orbax removes them.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import nnx
+
+from asrid_jax import sharding as sharding_lib
+from asrid_jax import train_state
+
+METRIC = "val_logloss"
+_TMP_MARK = ".orbax-checkpoint-tmp"
+_pp = ocp.checkpoint_managers
+
+
+class _IteratorSnapshot:
+  """A grain-checkpointable view of an iterator's state at one moment.
+
+  grain's handler calls `get_state()` (bytes unless the object is a grain
+  DatasetIterator) when it writes, which with async saves may be after the
+  training loop has moved on; freezing the state at save time avoids that.
+  On restore `set_state(bytes)` forwards to the live iterator.
+  """
+
+  def __init__(self, iterator: Any, state: Any = None):
+    self._it = iterator
+    self._state = state
+
+  def get_state(self) -> bytes:
+    state = self._state
+    return state if isinstance(state, bytes) else json.dumps(state).encode()
+
+  def set_state(self, state: bytes) -> None:
+    current = self._it.get_state()
+    self._it.set_state(
+      state if isinstance(current, bytes) else json.loads(state)
+    )
+
+  def start_prefetch(self) -> None:
+    if hasattr(self._it, "start_prefetch"):
+      self._it.start_prefetch()
+
+
+def find_incomplete(directory: pathlib.Path) -> list[pathlib.Path]:
+  """Checkpoint folders a killed save left behind (never restored)."""
+  if not directory.is_dir():
+    return []
+  return sorted(p for p in directory.iterdir() if _TMP_MARK in p.name)
+
+
+class Checkpointer:
+  """Save/restore of the training state; see the module docstring."""
+
+  def __init__(
+    self,
+    workdir: str | pathlib.Path,
+    *,
+    keep: int = 3,
+    async_save: bool = True,
+    read_only: bool = False,
+  ):
+    self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    self.incomplete = find_incomplete(self.directory)
+    for path in self.incomplete:
+      logging.warning(
+        "ignoring half-written checkpoint %s (a save was interrupted); "
+        "resuming from the last complete one",
+        path,
+      )
+    policy = _pp.AnyPreservationPolicy(
+      [
+        _pp.LatestN(n=keep),
+        _pp.BestN(
+          get_metric_fn=lambda m: m[METRIC],
+          reverse=True,  # sorted descending: the last (kept) ones are lowest
+          n=1,
+          keep_checkpoints_without_metrics=False,
+        ),
+      ]
+    )
+    options = ocp.CheckpointManagerOptions(
+      preservation_policy=None if read_only else policy,
+      enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=not read_only,
+      create=not read_only,
+      read_only=read_only,
+    )
+    self.manager = ocp.CheckpointManager(
+      self.directory,
+      options=options,
+      item_names=("model", "opt", "data", "config"),
+    )
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def best_step(self) -> int | None:
+    """The step with the lowest validation LogLoss (None without metrics)."""
+    scored = []
+    for step in self.manager.all_steps():
+      m = self.manager.metrics(step)
+      if m and METRIC in m:
+        scored.append((float(m[METRIC]), step))
+    return min(scored)[1] if scored else None
+
+  def resolve(self, which: str | int) -> int:
+    """'latest' | 'best' | a step number -> an existing step."""
+    steps = self.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+    if which == "latest":
+      return max(steps)
+    if which == "best":
+      best = self.best_step()
+      if best is None:
+        logging.warning("no checkpoint has %s; using the latest", METRIC)
+        return max(steps)
+      return best
+    step = int(which)
+    if step not in steps:
+      raise FileNotFoundError(
+        f"no checkpoint for step {step} in {self.directory}; have {steps}"
+      )
+    return step
+
+  def save(
+    self,
+    step: int,
+    state: Mapping[str, Any],
+    *,
+    data_iter: Any = None,
+    config: ml_collections.ConfigDict | None = None,
+    metrics: Mapping[str, float] | None = None,
+    force: bool = False,
+  ) -> bool:
+    """Starts an (async) save of `state` at `step`; returns if it saved."""
+    model = {
+      k: state[k] for k in ("params", "model_state", "ema") if k in state
+    }
+    items = dict(
+      model=ocp.args.StandardSave(model),
+      opt=ocp.args.StandardSave({"opt": state["opt"], "step": state["step"]}),
+    )
+    if data_iter is not None:
+      snap = _IteratorSnapshot(data_iter, data_iter.get_state())
+      items["data"] = grain.checkpoint.CheckpointSave(snap)
+    if config is not None:
+      items["config"] = ocp.args.JsonSave(json.loads(config.to_json()))
+    return self.manager.save(
+      step,
+      args=ocp.args.Composite(**items),
+      metrics=dict(metrics) if metrics else None,
+      force=force,
+    )
+
+  def restore(
+    self, step: int, abstract_state: Mapping[str, Any], data_iter: Any = None
+  ) -> dict[str, Any]:
+    """Restores the training state (and the iterator, in place)."""
+    model_t = {
+      k: abstract_state[k]
+      for k in ("params", "model_state", "ema")
+      if k in abstract_state
+    }
+    opt_t = {"opt": abstract_state["opt"], "step": abstract_state["step"]}
+    items = dict(
+      model=ocp.args.StandardRestore(model_t),
+      opt=ocp.args.StandardRestore(opt_t),
+    )
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(
+        _IteratorSnapshot(data_iter)
+      )
+    out = self.manager.restore(step, args=ocp.args.Composite(**items))
+    state = dict(out["model"])
+    state.update(opt=out["opt"]["opt"], step=out["opt"]["step"])
+    return state
+
+  def restore_model(self, step: int, abstract: Mapping[str, Any]) -> dict:
+    """Only the 'model' item (params, model_state[, ema])."""
+    out = self.manager.restore(
+      step, args=ocp.args.Composite(model=ocp.args.StandardRestore(abstract))
+    )
+    return dict(out["model"])
+
+  def config(self, step: int) -> ml_collections.ConfigDict:
+    out = self.manager.restore(
+      step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+    )
+    return ml_collections.ConfigDict(out["config"])
+
+  def has_ema(self, step: int) -> bool:
+    meta = self.manager.item_metadata(step)
+    model = meta["model"] if meta is not None else None
+    try:
+      return model is not None and "ema" in model
+    except TypeError:
+      return False
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def _abstract(tree: Mapping[str, Any], shard: Any) -> dict:
+  return {
+    k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shard[k])
+    for k, v in tree.items()
+  }
+
+
+def restore_for_eval(
+  workdir: str | pathlib.Path,
+  which: str | int = "best",
+  mesh: jax.sharding.Mesh | None = None,
+  *,
+  use_ema: bool | None = None,
+) -> tuple[ml_collections.ConfigDict, nnx.Module, int]:
+  """(config, model in eval mode, step) from WORKDIR's checkpoints.
+
+  Works on any mesh (default: all devices on 'data'): parameters are
+  restored replicated, or as config.sharding_rules place them on `mesh`.
+  `use_ema` (default config.eval.use_ema) takes the EMA parameters when the
+  checkpoint has them.
+  """
+  ckpt = Checkpointer(workdir, read_only=True)
+  step = ckpt.resolve(which)
+  config = ckpt.config(step)
+  if mesh is None:
+    mesh = sharding_lib.make_mesh([("data", -1)])
+  model = train_state.abstract_model(config.model)
+  spec = train_state.ModelSpec.of(model)
+  params, rest = spec.split(model)
+  rules = config.get("sharding_rules", [])
+  p_shard = sharding_lib.param_shardings(params, mesh, rules)
+  r_shard = {k: sharding_lib.replicated(mesh) for k in rest}
+  target = {
+    "params": _abstract(params, p_shard),
+    "model_state": _abstract(rest, r_shard),
+  }
+  if use_ema is None:
+    use_ema = bool(config.get("eval", {}).get("use_ema", True))
+  if ckpt.has_ema(step):
+    target["ema"] = _abstract(params, p_shard)
+  restored = ckpt.restore_model(step, target)
+  ckpt.close()
+  chosen = (
+    restored["ema"] if use_ema and "ema" in restored else restored["params"]
+  )
+  logging.info(
+    "restored step %d from %s (%s parameters)",
+    step,
+    workdir,
+    "EMA" if chosen is restored.get("ema") else "raw",
+  )
+  model = spec.merge(chosen, restored["model_state"], train=False)
+  return config, model, step

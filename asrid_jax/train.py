@@ -1,0 +1,326 @@
+r"""Train ASRID: `python -m asrid_jax.train --config=configs/dyn_mix.py --workdir=DIR`.
+
+Overrides: `--config.optim.lr=3e-4 --config.data.dir=/data/shards`; a CPU run on
+the built-in sample: `--config=configs/dyn_mix.py:runlocal`. Relaunching with
+the same workdir resumes from its latest checkpoint. Multi-host: run the same
+command on every host (see README, "Multi-host"); `--coordinator_address`,
+`--num_processes`, `--process_id` (or $ASRID_COORDINATOR_ADDRESS, ...) for
+plain hosts, nothing on SLURM/Open MPI/Cloud TPU (auto-detected).
+
+main() only parses flags; the work is `train_and_evaluate`, in big_vision
+sections: Mesh / Input / Model / Shard / Step / Checkpoint / Evals / Loop.
+The jitted step and the state layout live in `asrid_jax/step.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from asrid_jax import checkpoint as ckpt_lib
+from asrid_jax import sharding as sharding_lib
+from asrid_jax import step as step_lib
+from configs import common as config_common
+
+_CONFIG = config_flags.DEFINE_config_file(
+  "config",
+  None,
+  "Training config file (configs/<variant>.py[:arg]).",
+  lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs, events.")
+_COORD = flags.DEFINE_string(
+  "coordinator_address", None, "host:port of process 0 (multi-host)."
+)
+_NPROC = flags.DEFINE_integer("num_processes", None, "Processes (multi-host).")
+_PID = flags.DEFINE_integer("process_id", None, "This process (multi-host).")
+
+# Fault injection for tests: SIGKILL this process right after the save of the
+# given step has started (the async write is still in flight).
+KILL_AFTER_SAVE_ENV = "ASRID_TEST_SIGKILL_AFTER_SAVE_STEP"
+
+
+class _Writer:
+  """TensorBoard events (process 0 only, tensorboardX) plus absl logging."""
+
+  def __init__(self, workdir: pathlib.Path):
+    self._tb = None
+    if jax.process_index() == 0:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
+      self._tb = SummaryWriter(str(workdir / "tensorboard"))
+
+  def scalars(self, step: int, values: dict[str, float]) -> None:
+    if self._tb is None:
+      return
+    for k, v in values.items():
+      self._tb.add_scalar(k, v, step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+class _Preemption:
+  """SIGTERM -> save and stop at the next step boundary, on every process.
+
+  One process may get the signal a step before another; the flag is combined
+  over processes (a one-int all-gather per step when multi-process) so all
+  stop at the same step and Orbax's collective save does not deadlock.
+  """
+
+  def __init__(self):
+    self.flag = False
+    self._old = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM: saving a checkpoint and stopping")
+    self.flag = True
+
+  def requested(self) -> bool:
+    if jax.process_count() == 1:
+      return self.flag
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    flags_all = multihost_utils.process_allgather(np.int32(self.flag))
+    return bool(np.max(flags_all))
+
+  def restore(self) -> None:
+    signal.signal(signal.SIGTERM, self._old)
+
+
+def _check_finite(step: int, metrics: dict[str, float]) -> None:
+  for name, value in metrics.items():
+    if not np.isfinite(value):
+      raise FloatingPointError(
+        f"non-finite loss at step {step}: term '{name}' = {value}; "
+        "stopping (the last checkpoint is intact)"
+      )
+
+
+def _evaluate(config, model, mesh) -> dict[str, float]:
+  """Validation metrics (video level) of `model` via asrid_jax.evaluate."""
+  from asrid_jax import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
+
+  eval_cfg = dict(config.get("eval") or {})
+  result = eval_lib.evaluate(
+    config,
+    model,
+    split=eval_cfg.get("split", "val"),
+    mesh=mesh,
+    progress=False,
+  )
+  video = result.metrics["video"]
+  out = {
+    "val/log_loss": float(video["log_loss"]),
+    "val/accuracy": float(video["accuracy"]),
+  }
+  if video.get("auc") is not None:
+    out["val/auc"] = float(video["auc"])
+  if "prior" in video:
+    out["val/prior_log_loss"] = float(video["prior"]["log_loss"])
+  return out
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str | os.PathLike,
+  *,
+  on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+  """Trains (resuming from WORKDIR when it has a checkpoint); returns a summary.
+
+  Args:
+    config: the experiment config (configs/*.py).
+    workdir: checkpoints/, tensorboard/, and a config.json copy.
+    on_step: called with the step number after every step (tests use it to
+      raise signals at an exact step).
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  main_process = jax.process_index() == 0
+  jax.config.update("jax_threefry_partitionable", True)
+
+  # ------------------------------------------------------------- Mesh
+  mesh = sharding_lib.make_mesh(config.mesh)
+  seed = config_common.derive_seed(config)
+  logging.info(
+    "mesh %s over %d processes; seed %d",
+    dict(mesh.shape),
+    jax.process_count(),
+    seed,
+  )
+  if main_process:
+    (workdir / "config.json").write_text(config.to_json(indent=2))
+
+  # ------------------------------------------------------------ Input
+  from asrid_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
+  batch_sharding = sharding_lib.batch_sharding(mesh)
+  train_iter = pipeline.make_train_iterator(
+    split="train",
+    global_batch_size=config.batch_size,
+    sharding=batch_sharding,
+    seed=seed,
+    **config.data,
+  )
+  frames_per_step = config.batch_size * (
+    1 if config.data.sampling == "picture" else config.data.clip_len
+  )
+
+  # ------------------------------------------------ Model / Shard / Step
+  trainer = step_lib.Trainer(config, mesh, seed)
+  logging.info("parameters: %s", trainer.param_counts())
+
+  # ------------------------------------------------------- Checkpoint
+  ckpt = ckpt_lib.Checkpointer(
+    workdir,
+    keep=config.keep_checkpoints,
+    async_save=config.get("async_checkpoints", True),
+  )
+  start = ckpt.latest_step()
+  if start is not None:
+    # Resume order: own checkpoint > config.model_init > scratch.
+    state = ckpt.restore(start, trainer.abstract_state(), train_iter)
+    logging.info("resumed from %s at step %d", ckpt.directory, start)
+  else:
+    start = 0
+    state = trainer.init_state(config.get("model_init", ""))
+  incomplete = [str(p) for p in ckpt.incomplete]
+
+  # ------------------------------------------------------------ Evals
+  def run_eval(state) -> dict[str, float]:
+    return _evaluate(config, trainer.eval_model(state), mesh)
+
+  # ------------------------------------------------------------- Loop
+  writer = _Writer(workdir)
+  preempt = _Preemption()
+  rng = jax.random.key(seed)
+  pending: list[tuple[int, dict]] = []
+  last_eval: dict[str, float] = {}
+  total = config.total_steps
+  kill_at = int(os.environ.get(KILL_AFTER_SAVE_ENV, "-1"))
+  order_log = (
+    (workdir / "data_order.jsonl").open("a")
+    if config.get("log_data_order") and main_process
+    else None
+  )
+  t_log, s_log, t_start, step = time.perf_counter(), start, time.time(), start
+  stopped = "done"
+  try:
+    while step < total:
+      batch = next(train_iter)
+      state, metrics = trainer.train_step(state, batch, rng)
+      step += 1
+      pending.append((step, metrics))
+      if order_log is not None:
+        order_log.write(
+          json.dumps({"step": step, **trainer.fingerprint(batch)})
+        )
+        order_log.write("\n")
+      if on_step is not None:
+        on_step(step)
+      last = step == total
+      if step % config.log_every == 0 or last:
+        host = jax.device_get(pending)
+        for s, m in host:
+          _check_finite(s, {k: float(v) for k, v in m["loss"].items()})
+        pending.clear()
+        now = time.perf_counter()
+        rate = (step - s_log) * frames_per_step / max(now - t_log, 1e-9)
+        summary = {
+          f"train/{k}": float(np.mean([m["loss"][k] for _, m in host]))
+          for k in host[-1][1]["loss"]
+        }
+        summary.update({k: float(v) for k, v in host[-1][1]["opt"].items()})
+        summary["train/frames_per_s"] = rate
+        writer.scalars(step, summary)
+        eta = (total - step) * (now - t_log) / max(step - s_log, 1)
+        logging.info(
+          "step %d/%d  loss %.4f  lr %.2e  |g| %.3f  %.1f frames/s  ETA %s",
+          step,
+          total,
+          summary["train/total"],
+          summary["lr"],
+          summary["grad_norm"],
+          rate,
+          time.strftime("%H:%M:%S", time.gmtime(eta)),
+        )
+        t_log, s_log = now, step
+      metrics_for_ckpt = None
+      evals_on = config.eval_every > 0
+      if evals_on and (step % config.eval_every == 0 or last):
+        last_eval = run_eval(state)
+        writer.scalars(step, last_eval)
+        logging.info("step %d validation: %s", step, last_eval)
+        state = trainer.feed_validation_loss(state, last_eval["val/log_loss"])
+        metrics_for_ckpt = {ckpt_lib.METRIC: last_eval["val/log_loss"]}
+      saved = False
+      if step % config.checkpoint_every == 0 or metrics_for_ckpt or last:
+        saved = ckpt.save(
+          step,
+          state,
+          data_iter=train_iter,
+          config=config,
+          metrics=metrics_for_ckpt,
+          force=True,
+        )
+        if step == kill_at:
+          os.kill(os.getpid(), signal.SIGKILL)
+      if preempt.requested():
+        if not saved:
+          ckpt.save(
+            step, state, data_iter=train_iter, config=config, force=True
+          )
+        stopped = "preempted"
+        logging.warning(
+          "stopped at step %d after SIGTERM (checkpoint saved)", step
+        )
+        break
+  finally:
+    preempt.restore()
+    ckpt.close()
+    writer.close()
+    if order_log is not None:
+      order_log.close()
+  logging.info("%s at step %d in %.0f s", stopped, step, time.time() - t_start)
+  return {
+    "step": step,
+    "stopped": stopped,
+    "state": state,
+    "val": last_eval,
+    "incomplete_checkpoints": incomplete,
+  }
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Compiled programs are reused across relaunches (resume, evaluations).
+  cache = os.environ.get(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.expanduser("~/.cache/asrid_jax/xla"),
+  )
+  jax.config.update("jax_compilation_cache_dir", cache)
+  sharding_lib.maybe_initialize_distributed(
+    _COORD.value, _NPROC.value, _PID.value
+  )
+  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
