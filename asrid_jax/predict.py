@@ -35,8 +35,10 @@ detector is built.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import pathlib
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -44,8 +46,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from asrid_jax import heatmaps, reporting
 from asrid_jax import metrics as metrics_lib
-from asrid_jax import reporting
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg")
 SUBMISSION_HEADER = ("filename", "label")
@@ -232,93 +234,6 @@ def run_batched(
 
 
 # ---------------------------------------------------------------------------
-# Heatmaps
-# ---------------------------------------------------------------------------
-
-
-def render_heatmap(
-  crops: np.ndarray,
-  maps: np.ndarray | None,
-  captions: Sequence[str],
-  *,
-  tile: int = 192,
-  alpha: float = 0.5,
-) -> np.ndarray:
-  """A (R * tile, (1 + M) * tile, 3) uint8 RGB grid: crop, then each map.
-
-  Row r shows crop r with `captions[r]` written on it, then its M attention
-  maps (each min-max scaled on its own, so the picture shows WHERE a head
-  looks, not how strongly) in the JET colour map blended over the crop.
-  """
-  import cv2
-
-  rows = []
-  num_maps = 0 if maps is None else maps.shape[-1]
-  for r, crop in enumerate(crops):
-    base = cv2.resize(crop, (tile, tile), interpolation=cv2.INTER_AREA)
-    cells = [base.copy()]
-    for m in range(num_maps):
-      a = maps[r, :, :, m].astype(np.float32)
-      # Min-max per map: softplus maps never reach 0, so dividing by the max
-      # alone would tint the whole crop; a flat map stays flat (all zero).
-      span = float(a.max() - a.min())
-      a = (a - a.min()) / span if span > 1e-6 * abs(float(a.max())) else a * 0
-      a = cv2.resize(a, (tile, tile), interpolation=cv2.INTER_LINEAR)
-      colour = cv2.applyColorMap(
-        np.clip(a * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET
-      )
-      colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
-      cell = cv2.addWeighted(base, 1 - alpha, colour, alpha, 0)
-      _caption(cell, f"map {m}")
-      cells.append(cell)
-    _caption(cells[0], captions[r])
-    rows.append(np.concatenate(cells, axis=1))
-  return np.concatenate(rows, axis=0)
-
-
-def _caption(image: np.ndarray, text: str) -> None:
-  """White text on a dark band at the top of a tile (in place)."""
-  import cv2
-
-  scale = image.shape[1] / 400
-  height = max(12, int(28 * scale))
-  image[:height] = (image[:height] * 0.35).astype(np.uint8)
-  cv2.putText(
-    image,
-    text,
-    (4, int(height * 0.75)),
-    cv2.FONT_HERSHEY_SIMPLEX,
-    max(0.3, 0.6 * scale),
-    (255, 255, 255),
-    1,
-    cv2.LINE_AA,
-  )
-
-
-def _heatmap_rows(track_outputs, num_frames: int, max_tracks: int = 3):
-  """Picks evenly spaced frames of the first tracks for the heatmap grid."""
-  crops, maps, captions = [], [], []
-  for face, out in track_outputs[:max_tracks]:
-    clips, orders = out["clips"], out["orders"]
-    real = np.argwhere(orders >= 0)  # (n, 2): clip, slot of each real frame
-    picks = np.unique(
-      np.linspace(0, len(real) - 1, num_frames).round().astype(int)
-    )
-    for c, t in real[picks]:
-      crops.append(clips[c, t])
-      if "attention" in out:
-        maps.append(out["attention"][c, t])
-      p = float(out["frame_probs"][c, t])
-      frame = int(out["frame_numbers"][orders[c, t]])
-      captions.append(f"face {face} frame {frame}  P(FAKE) {p:.2f}")
-  return (
-    np.stack(crops),
-    np.stack(maps) if maps else None,
-    captions,
-  )
-
-
-# ---------------------------------------------------------------------------
 # One video, many videos
 # ---------------------------------------------------------------------------
 
@@ -389,12 +304,14 @@ def predict_video(
       result.track_scores, options.track_reduce
     )
     if options.heatmap_dir is not None:
-      crops, maps, captions = _heatmap_rows(
+      crops, maps, captions = heatmaps.pick_rows(
         track_outputs, options.heatmap_frames
       )
       captions[0] += f"  video {result.score:.2f}"
-      grid = render_heatmap(crops, maps, captions, tile=options.heatmap_tile)
-      result.heatmap = _write_png(
+      grid = heatmaps.render_heatmap(
+        crops, maps, captions, tile=options.heatmap_tile
+      )
+      result.heatmap = heatmaps.write_png(
         options.heatmap_dir
         / (
           pathlib.Path(filename).with_suffix("").as_posix().replace("/", "__")
@@ -409,15 +326,6 @@ def predict_video(
   finally:
     result.timings["total"] = time.perf_counter() - start
   return result
-
-
-def _write_png(path: pathlib.Path, rgb: np.ndarray) -> pathlib.Path:
-  import cv2
-
-  path.parent.mkdir(parents=True, exist_ok=True)
-  if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-    raise OSError(f"{path}: cannot write PNG")
-  return path
 
 
 def predict_videos(
@@ -522,3 +430,158 @@ def format_results(results: Sequence[VideoPrediction]) -> str:
       f"{mean['total']:.2f}"
     )
   return table
+
+
+# ---------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+    prog="python -m asrid_jax.predict",
+    description="P(FAKE) for raw videos, a DFDC submission CSV, heatmaps.",
+  )
+  a = p.add_argument
+  a("inputs", nargs="+", metavar="VIDEO_OR_DIR")
+  a("--workdir", required=True, help="training workdir (has checkpoints/)")
+  a("--checkpoint", default="best", help="best, latest or a step number")
+  a("--out", default=None, help="default WORKDIR/predict")
+  a("--heatmaps", action="store_true", help="write heatmaps/<video>.png")
+  a("--heatmap_frames", type=int, default=4, help="rows per face track")
+  a("--strategy", choices=("mean", "confident"), default="mean")
+  a("--track_reduce", choices=("max", "mean"), default="max")
+  a("--fallback", type=float, default=0.5, help="score without a face")
+  a("--batch_size", type=int, default=8, help="clips per model call")
+  a(
+    "--data_dir",
+    default=None,
+    help="shards whose dataset_info.json gives "
+    "the face settings (default: the config's data.dir)",
+  )
+  a("--device", default=None, help="MTCNN device: cpu or cuda[:N]")
+  a("--frame_step", type=int, default=None, help="override the shards'")
+  a("--max_frames", type=int, default=None, help="override the shards'")
+  a("--min_frames", type=int, default=1, help="fewer frames: fallback")
+  a(
+    "--ema",
+    action=argparse.BooleanOptionalAction,
+    default=None,
+    help="use EMA weights when present (default: config.eval.use_ema)",
+  )
+  return p
+
+
+def _dataset_info(data_dir: str) -> dict | None:
+  from asrid_jax.data import records
+
+  try:
+    return records.read_dataset_info(data_dir)
+  except (FileNotFoundError, ValueError) as e:
+    logging.warning("face settings: preprocessing defaults (%s)", e)
+    return None
+
+
+def run(args: argparse.Namespace) -> tuple[list[VideoPrediction], dict]:
+  """The command line's work, callable from tests."""
+  import jax
+
+  from asrid_jax import checkpoint as checkpoint_lib
+  from asrid_jax import scoring
+  from asrid_jax import sharding as sharding_lib
+
+  if not 0.0 <= args.fallback <= 1.0:
+    raise ValueError(f"--fallback must be a probability, got {args.fallback}")
+  videos = find_videos(args.inputs)
+  if not videos:
+    raise FileNotFoundError(f"no video found in {args.inputs}")
+  workdir = pathlib.Path(args.workdir)
+  if not (workdir / "checkpoints").is_dir():
+    raise FileNotFoundError(
+      f"{workdir}: no checkpoints/ folder (not a workdir?)"
+    )
+  # One device: a video's few clips do not need a mesh.
+  mesh = sharding_lib.make_mesh([("data", 1)], jax.devices()[:1])
+  config, model, step = checkpoint_lib.restore_for_eval(
+    workdir, args.checkpoint, mesh, use_ema=args.ema
+  )
+  info = _dataset_info(args.data_dir or config.data.dir)
+  settings, detector_kwargs = face_settings_from_info(
+    info,
+    frame_step=args.frame_step,
+    max_frames=args.max_frames,
+    min_frames=args.min_frames,
+    device=args.device,
+  )
+  from preprocessing import faces as faces_lib
+  from preprocessing.detect import MTCNNDetector  # torch: imported here only
+
+  detector = MTCNNDetector(**detector_kwargs)
+  stored = (info or {}).get("settings") or {}
+  picture = config.data.get("sampling", "video") == "picture"
+  options = PredictOptions(
+    image_size=int(config.data.image_size),
+    clip_len=1 if picture else int(config.data.clip_len),
+    dynamic=model.dynamic_head is not None,
+    batch_size=args.batch_size,
+    strategy=args.strategy,
+    track_reduce=args.track_reduce,
+    fallback=args.fallback,
+    jpeg_quality=stored.get("jpeg_quality", 95),
+    heatmap_frames=args.heatmap_frames,
+  )
+  out_dir = pathlib.Path(args.out or workdir / "predict")
+  if args.heatmaps:
+    options.heatmap_dir = out_dir / "heatmaps"
+  forward = scoring.make_forward(model, with_attention=args.heatmaps)
+  # Compile once up front, so the first video's model time is not a compile.
+  start = time.perf_counter()
+  size = options.image_size
+  jax.block_until_ready(
+    forward(
+      np.zeros((options.batch_size, options.clip_len, size, size, 3), np.uint8)
+    )
+  )
+  compile_s = time.perf_counter() - start
+
+  def extract(path):
+    return faces_lib.extract_video_faces(path, detector, settings)
+
+  results = predict_videos(
+    videos, extract=extract, forward=forward, options=options
+  )
+  paths = write_outputs(results, out_dir)
+  meta = {
+    "step": step,
+    "variant": config.model.variant,
+    "compile_s": compile_s,
+    "settings": dataclasses.asdict(settings),
+    "detector": detector_kwargs,
+    "paths": paths,
+  }
+  return results, meta
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  logging.set_verbosity(logging.WARNING)
+  try:
+    results, meta = run(args)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"predict: error: {e}", file=sys.stderr)
+    return 1
+  print(
+    f"predict: {args.workdir} step {meta['step']} ({meta['variant']}), "
+    f"{len(results)} videos; model compile {meta['compile_s']:.1f} s"
+  )
+  print(format_results(results))
+  for name, path in meta["paths"].items():
+    print(f"  {name:10s} {path}")
+  maps = [r.heatmap for r in results if r.heatmap is not None]
+  if maps:
+    print(f"  heatmaps   {len(maps)} PNGs in {maps[0].parent}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,22 +1,17 @@
 """Tests for asrid_jax.evaluate: exact pass, metrics vs direct computation."""
 
 import csv
-import functools
 import json
 
 import cv2
 import jax
-import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from eval_helpers import random_model
+from eval_helpers import random_model, save_checkpoint
 from flax import nnx
 
-from asrid_jax import checkpoint as checkpoint_lib
-from asrid_jax import evaluate, scoring, train_state
+from asrid_jax import evaluate, scoring
 from asrid_jax import metrics as metrics_lib
-from asrid_jax import sharding as sharding_lib
 from asrid_jax.data import index as index_lib
 from asrid_jax.data import records, synthetic
 from asrid_jax.data import source as source_lib
@@ -250,36 +245,6 @@ def test_evaluate_matches_direct_computation(shards, model, result_8):
 # ---------------------------------------------------------------------------
 
 
-def _save_checkpoint(workdir, config, model, step):
-  """A checkpoint as train.py writes it, laid out on all 8 devices."""
-  mesh = sharding_lib.make_mesh([("data", -1)])
-  assert mesh.devices.size == 8
-  spec = train_state.ModelSpec.of(model)
-  params, rest = spec.split(model)
-  put = functools.partial(jax.device_put, device=sharding_lib.replicated(mesh))
-  state = {
-    "params": put(params),
-    "model_state": put(rest),
-    "opt": {"count": put(jnp.zeros((), jnp.int32))},
-    "step": put(jnp.asarray(step, jnp.int32)),
-  }
-  # Orbax saves a replicated array "replica-parallel" on CPU: one lax.slice
-  # per array and device, each compiled for its shape (~40 s for this model
-  # on the 2-core CI machine). Plain saving writes the same files.
-  previous = ocp.type_handlers.get_type_handler(jax.Array)
-  ocp.type_handlers.register_type_handler(
-    jax.Array,
-    ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
-    override=True,
-  )
-  try:
-    ckpt = checkpoint_lib.Checkpointer(workdir, async_save=False)
-    ckpt.save(step, state, config=config, metrics={"val_logloss": 0.6})
-    ckpt.close()
-  finally:
-    ocp.type_handlers.register_type_handler(jax.Array, previous, override=True)
-
-
 def test_cli_restores_other_mesh_and_writes_outputs(
   config, shards, model, result_8, tmp_path, capsys
 ):
@@ -287,7 +252,7 @@ def test_cli_restores_other_mesh_and_writes_outputs(
   config = config.copy_and_resolve_references()
   config.data.dir = str(data_dir)
   workdir = tmp_path / "run"
-  _save_checkpoint(workdir, config, model, step=7)
+  save_checkpoint(workdir, config, model, step=7)
   out = tmp_path / "eval"
   argv = [f"--workdir={workdir}", "--split=test", f"--out={out}"]
   assert evaluate.main([*argv, "--devices=2"]) == 0
