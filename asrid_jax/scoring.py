@@ -30,6 +30,19 @@ STRATEGIES = ("mean", "confident")
 # ---------------------------------------------------------------------------
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _forward(graphdef, with_attention, state, images):
+  view = nnx.merge(graphdef, state)
+  view.eval()
+  out = view(images)
+  probs = {"frame_probs": jax.nn.sigmoid(out["frame_logits"])}
+  if "clip_logit" in out:
+    probs["clip_probs"] = jax.nn.sigmoid(out["clip_logit"])
+  if with_attention and "attention" in out:
+    probs["attention"] = out["attention"]
+  return probs
+
+
 def make_forward(
   model: nnx.Module, *, with_attention: bool = False
 ) -> Callable[[Any], dict[str, jax.Array]]:
@@ -39,22 +52,11 @@ def make_forward(
   arrays, so switching it to eval mode (BatchNorm running statistics, no
   dropout) leaves the caller's model, e.g. the one being trained, untouched.
   Parameters keep whatever sharding they have; the batch brings its own.
+  The graph definition is a static argument of one module-level jit, so
+  periodic validation of the same architecture compiles once per run.
   """
   graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def forward(state, images):
-    view = nnx.merge(graphdef, state)
-    view.eval()
-    out = view(images)
-    probs = {"frame_probs": jax.nn.sigmoid(out["frame_logits"])}
-    if "clip_logit" in out:
-      probs["clip_probs"] = jax.nn.sigmoid(out["clip_logit"])
-    if with_attention and "attention" in out:
-      probs["attention"] = out["attention"]
-    return probs
-
-  return functools.partial(forward, state)
+  return functools.partial(_forward, graphdef, with_attention, state)
 
 
 def to_host(x: Any) -> np.ndarray:
