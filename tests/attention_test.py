@@ -12,6 +12,16 @@ from asrid_jax.models import attention
 N, H8, W8, CT, CS = 6, 8, 8, 24, 48
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compiles():
+  # Compile time dominates these small tests; XLA's optimisation passes do
+  # not change what they check.
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
 def _features(seed=0, n=N):
   k1, k2 = jax.random.split(jax.random.key(seed))
   texture = jax.random.normal(k1, (n, H8, W8, CT))

@@ -11,6 +11,23 @@ from asrid_jax.models import heads, temporal
 N, M, D, G = 6, 3, 16, 40
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compiles():
+  # Compile time dominates these small tests; XLA's optimisation passes do
+  # not change what they check.
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
+# Jitted calls: op-by-op dispatch of an attention layer is slower than one
+# small compile on the 2-core CPU machine.
+@nnx.jit
+def _apply(module, x, key=None):
+  return module(x, rngs=None if key is None else nnx.Rngs(dropout=key))
+
+
 def _tokens(seed=0, n=N, m=M):
   return jax.random.normal(jax.random.key(seed), (n, m, D))
 
@@ -100,23 +117,23 @@ def test_temporal_head_is_order_aware_and_takes_any_length():
   )
   head.eval()
   x = jax.random.normal(jax.random.key(3), (2, 5, D))
-  out = head(x)
+  out = _apply(head, x)
   assert out.shape == (2,) and out.dtype == jnp.float32
   # Without positional encoding, attention + mean would be permutation
   # invariant; with it, reversing the frames changes the clip logit.
-  reversed_out = head(x[:, ::-1])
+  reversed_out = _apply(head, x[:, ::-1])
   assert np.abs(np.asarray(out) - np.asarray(reversed_out)).max() > 1e-4
-  assert head(x[:, :3]).shape == (2,)
+  assert _apply(head, x[:, :3]).shape == (2,)
   # Each clip is scored independently of the others in the batch.
   np.testing.assert_allclose(
-    np.asarray(head(x[:1])), np.asarray(out[:1]), rtol=1e-5, atol=1e-6
+    np.asarray(_apply(head, x[:1])), np.asarray(out[:1]), rtol=1e-5, atol=1e-6
   )
   wide = temporal.TemporalHead(
     D, width=8, num_layers=1, num_heads=2, mlp_dim=16, rngs=nnx.Rngs(0)
   )
   assert wide.in_proj is not None
   wide.eval()
-  assert wide(x).shape == (2,)
+  assert _apply(wide, x).shape == (2,)
   with pytest.raises(ValueError, match="B, T, F"):
     head(x[0])
 
@@ -127,14 +144,14 @@ def test_temporal_dropout_only_in_train_mode():
   )
   x = jax.random.normal(jax.random.key(4), (3, 4, D))
   head.train()
-  a = head(x, rngs=nnx.Rngs(dropout=0))
-  b = head(x, rngs=nnx.Rngs(dropout=0))
-  c = head(x, rngs=nnx.Rngs(dropout=1))
+  a = _apply(head, x, jax.random.key(0))
+  b = _apply(head, x, jax.random.key(0))
+  c = _apply(head, x, jax.random.key(1))
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert np.abs(np.asarray(a) - np.asarray(c)).max() > 1e-5
   head.eval()
   np.testing.assert_array_equal(
-    np.asarray(head(x, rngs=nnx.Rngs(dropout=0))), np.asarray(head(x))
+    np.asarray(_apply(head, x, jax.random.key(0))), np.asarray(_apply(head, x))
   )
 
 
