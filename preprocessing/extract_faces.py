@@ -154,6 +154,29 @@ class RunSummary:
     )
 
 
+def validate(args: argparse.Namespace) -> None:
+  """Rejects flag values that would fail every video, with the reason."""
+  checks = [
+    (args.frame_step >= 1, "--frame_step must be >= 1"),
+    (args.max_frames >= 1, "--max_frames must be >= 1"),
+    (
+      1 <= args.min_frames <= args.max_frames,
+      "--min_frames must be between 1 and --max_frames",
+    ),
+    (0 < args.downscale <= 1, "--downscale must be in (0, 1]"),
+    (args.image_size >= 16, "--image_size must be >= 16"),
+    (1 <= args.jpeg_quality <= 100, "--jpeg_quality must be in [1, 100]"),
+    (args.margin >= 0, "--margin must be >= 0"),
+    (args.batch_size >= 1, "--batch_size must be >= 1"),
+    (args.records_per_shard >= 1, "--records_per_shard must be >= 1"),
+    (len(args.thresholds) == 3, "--thresholds needs 3 comma-separated values"),
+    (len(args.split_ratios) == 3, "--split_ratios needs 3 values"),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise ValueError(message)
+
+
 def make_detector(args: argparse.Namespace) -> Detector:
   from preprocessing.detect import MTCNNDetector
 
@@ -182,6 +205,7 @@ def run(
     NothingProcessedError: no usable video, or none of this worker's videos
       gave a face (after writing dataset_info.json when others did).
   """
+  validate(args)
   start = time.perf_counter()
   summary = RunSummary()
   items, issues = inputs_lib.discover(args.input)
@@ -248,7 +272,7 @@ def run(
     sink.abort()
     raise
   records.write_json_atomic(
-    out.work / f"{out.prefix}.finished.json",
+    out.finished_marker,
     {"videos": len(my_ids), "groups": len(mine)},
   )
   summary.info = merge_info(out, args, issues, notes)

@@ -58,6 +58,7 @@ class OutputDir:
     self.prefix = worker_prefix(num_workers, worker_index)
     self.work = self.root / WORK_DIR
     self.skip_log = self.work / f"{self.prefix}.skipped.jsonl"
+    self.finished_marker = self.work / f"{self.prefix}.finished.json"
 
   # --------------------------------------------------------------------------
   # Start of a run.
@@ -68,6 +69,8 @@ class OutputDir:
     if overwrite:
       self._clear(everything=self.num_workers == 1)
     self.work.mkdir(parents=True, exist_ok=True)
+    # Written again when this run completes its part.
+    self.finished_marker.unlink(missing_ok=True)
     self._remove_debris()
     # Compare as JSON would store them (tuples become lists).
     settings = json.loads(json.dumps(settings))

@@ -246,6 +246,9 @@ def test_all_bad_input_fails_clearly(tmp_path, capsys):
                              str(tmp_path / "o2")]) == 1  # fmt: skip
   err = capsys.readouterr().err
   assert "no usable video" in err and "malformed metadata.json" in err
+  bad_flag = ["--input", str(tmp_path), "--output", str(tmp_path / "o3")]
+  assert extract_faces.main([*bad_flag, "--min_frames", "31"]) == 1
+  assert "--min_frames must be between" in capsys.readouterr().err
 
 
 def test_crash_then_rerun_loses_and_duplicates_nothing(
