@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
     prog="python -m preprocessing.extract_faces",
     description=__doc__.split("\n\n")[0],
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
   )
   a = p.add_argument
   a("--input", required=True, help="DFDC folder tree or CSV file")
