@@ -22,6 +22,10 @@ Images (B, T, H, W, 3) are uint8 in [0, 255] or float in [0, 1]; they are
 scaled and ImageNet-normalised here and folded to (B * T, H, W, 3) for the
 backbone, so BatchNorm statistics cover all frames of the batch.
 
+Attention variants without Mix read the backbone only up to its stride-16
+tap: its stride-32 stage and last conv (features[9:], 736k of its 927k
+parameters) get zero gradients there, and XLA drops their compute under jit.
+
 Parameter groups (attribute names, for per-group learning rates and tests):
 backbone, attention, mix, static_head, dynamic_head (absent ones are None).
 Non-trainable state: nnx.BatchStat (BN statistics and the attention's
