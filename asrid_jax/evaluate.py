@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
       f"evaluate: {m['workdir']} step {m['step']} ({m['variant']}), split "
       f"{m['split']} of {m['data_dir']}: {m['counts']['videos']} videos, "
       f"{m['counts']['clips']} clips, {m['counts']['frames']} frames, "
-      f"{m['devices']} devices, {m['seconds']:.1f} s"
+      f"{m['devices']} device(s), {m['seconds']:.1f} s"
     )
     print(format_report(m))
     for name, path in paths.items():

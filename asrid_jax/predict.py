@@ -449,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
   a("--out", default=None, help="default WORKDIR/predict")
   a("--heatmaps", action="store_true", help="write heatmaps/<video>.png")
   a("--heatmap_frames", type=int, default=4, help="rows per face track")
+  a("--heatmap_tile", type=int, default=192, help="pixels per grid cell")
   a("--strategy", choices=("mean", "confident"), default="mean")
   a("--track_reduce", choices=("max", "mean"), default="max")
   a("--fallback", type=float, default=0.5, help="score without a face")
@@ -529,6 +530,7 @@ def run(args: argparse.Namespace) -> tuple[list[VideoPrediction], dict]:
     fallback=args.fallback,
     jpeg_quality=stored.get("jpeg_quality", 95),
     heatmap_frames=args.heatmap_frames,
+    heatmap_tile=args.heatmap_tile,
   )
   out_dir = pathlib.Path(args.out or workdir / "predict")
   if args.heatmaps:

@@ -257,7 +257,7 @@ def test_cli_restores_other_mesh_and_writes_outputs(
   argv = [f"--workdir={workdir}", "--split=test", f"--out={out}"]
   assert evaluate.main([*argv, "--devices=2"]) == 0
   printed = capsys.readouterr().out
-  assert "step 7" in printed and "2 devices" in printed
+  assert "step 7" in printed and "2 device(s)" in printed
   assert "video_confident" in printed and "prior LL" in printed
 
   saved = json.loads((out / "metrics.json").read_text())
