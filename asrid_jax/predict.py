@@ -185,22 +185,14 @@ def model_inputs(
   decode, resize to the model's size (the pipeline's `decode_resize`). Orders
   index the track's frames; -1 marks the repeated last frame of a short clip.
   """
-  import cv2
-
+  from asrid_jax.data import records
   from asrid_jax.data import source as source_lib
 
   images = []
   for crop in track_crops:
-    if jpeg_quality is None:
-      data = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))[1]
-    else:
-      data = cv2.imencode(
-        ".jpg",
-        cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
-        [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)],
-      )[1]
-    image, _ = source_lib.decode_resize(data.tobytes(), image_size, "crop")
-    images.append(image)
+    if jpeg_quality is not None:
+      crop = records.decode_jpeg(records.encode_jpeg(crop, jpeg_quality))
+    images.append(source_lib.resize_square(crop, image_size))
   n = len(images)
   k = -(-n // clip_len)
   clips = np.empty((k, clip_len, image_size, image_size, 3), np.uint8)

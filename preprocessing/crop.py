@@ -1,4 +1,4 @@
-"""Square face crops with a margin, isotropic resize, JPEG encoding.
+"""Square face crops with a margin and an isotropic resize.
 
 The box is widened by `margin` times its width (height) on each side, then
 extended to a square around its centre, so the resize never distorts the
@@ -57,15 +57,3 @@ def crop_face(
     np.asarray(landmarks, np.float32) - np.array([x0, y0], np.float32)
   ) * scale
   return crop, crop_landmarks.astype(np.float32)
-
-
-def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
-  """RGB uint8 -> JPEG bytes."""
-  ok, buf = cv2.imencode(
-    ".jpg",
-    cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-    [cv2.IMWRITE_JPEG_QUALITY, int(quality)],
-  )
-  if not ok:
-    raise RuntimeError("JPEG encoding failed")
-  return buf.tobytes()

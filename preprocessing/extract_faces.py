@@ -29,7 +29,6 @@ from preprocessing import faces as faces_lib
 from preprocessing import inputs as inputs_lib
 from preprocessing import output as output_lib
 from preprocessing import splits as splits_lib
-from preprocessing.crop import encode_jpeg
 from preprocessing.detect import Detector
 from preprocessing.tracks import TrackSettings
 
@@ -337,7 +336,7 @@ def _write_video(item, split, result, args, sink, summary) -> None:
     crop = track.crops[i]
     data.append(
       records.FaceRecord(
-        image=encode_jpeg(crop, args.jpeg_quality),
+        image=records.encode_jpeg(crop, args.jpeg_quality),
         height=crop.shape[0],
         width=crop.shape[1],
         video_id=item.video_id,

@@ -115,7 +115,7 @@ def test_to_full_resolution_maps_boxes_and_landmarks():
 
 def test_jpeg_roundtrip_close():
   image = np.tile(np.arange(64, dtype=np.uint8)[:, None, None] * 3, (1, 64, 3))
-  back = records.decode_jpeg(crop.encode_jpeg(image, 95))
+  back = records.decode_jpeg(records.encode_jpeg(image, 95))
   assert back.shape == image.shape
   assert np.abs(back.astype(int) - image).mean() < 3
 

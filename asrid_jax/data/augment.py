@@ -282,16 +282,7 @@ def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
   """Re-encodes every frame as JPEG at `quality` (1..100)."""
   out = np.empty_like(image)
   for t, frame in enumerate(image):
-    ok, buf = cv2.imencode(
-      ".jpg",
-      cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
-      [cv2.IMWRITE_JPEG_QUALITY, quality],
-    )
-    if not ok:
-      raise RuntimeError(f"OpenCV could not JPEG-encode a {frame.shape} frame")
-    out[t] = cv2.cvtColor(
-      cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
-    )
+    out[t] = records.decode_jpeg(records.encode_jpeg(frame, quality))
   return out
 
 

@@ -1,4 +1,4 @@
-"""Face-crop shards: TFRecord files of `tf.train.Example`, numpy only.
+"""Face-crop shards: TFRecord files of `tf.train.Example`, no TensorFlow.
 
 The on-disk format is the one TensorFlow reads (`tf.data.TFRecordDataset` and
 `tf.io.parse_single_example` work on our shards), but nothing here needs
@@ -20,7 +20,6 @@ nothing that readers pick up.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import pathlib
@@ -29,9 +28,9 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import cv2
 import google_crc32c
 import numpy as np
-from PIL import Image
 from tensorflow_datasets.proto import tf_example_pb2
 
 # Bump when a field is added, removed or changes meaning.
@@ -176,19 +175,35 @@ class FaceRecord:
     return decode_jpeg(self.image)
 
 
-def decode_jpeg(data: bytes) -> np.ndarray:
-  """JPEG bytes -> (H, W, 3) uint8 RGB."""
-  with Image.open(io.BytesIO(data)) as img:
-    return np.asarray(img.convert("RGB"))
+# The project's one JPEG codec (OpenCV): preprocessing encodes with it, the
+# input pipeline, augmentation and prediction decode with it, so a crop read
+# here has exactly the pixels the model trains on.
+
+
+def decode_jpeg(data: bytes, where: str = "image") -> np.ndarray:
+  """JPEG bytes -> (H, W, 3) uint8 RGB; ValueError naming `where` if bad."""
+  image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+  if image is None:
+    raise ValueError(f"{where}: image/encoded is not a decodable JPEG")
+  return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
-  """(H, W, 3) uint8 RGB -> JPEG bytes."""
-  buf = io.BytesIO()
-  Image.fromarray(np.asarray(image, np.uint8)).save(
-    buf, format="JPEG", quality=int(quality)
+  """(H, W, 3) uint8 RGB -> JPEG bytes at `quality` (1..100)."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+    raise ValueError(
+      f"encode_jpeg needs an (H, W, 3) uint8 image, got {image.dtype} "
+      f"{image.shape}"
+    )
+  ok, buf = cv2.imencode(
+    ".jpg",
+    cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+    [cv2.IMWRITE_JPEG_QUALITY, int(quality)],
   )
-  return buf.getvalue()
+  if not ok:
+    raise RuntimeError(f"OpenCV could not JPEG-encode a {image.shape} image")
+  return buf.tobytes()
 
 
 # ----------------------------------------------------------------------------

@@ -181,17 +181,17 @@ def decode_resize(
   data: bytes, size: int, where: str
 ) -> tuple[np.ndarray, tuple[int, int]]:
   """JPEG bytes -> ((size, size, 3) uint8 RGB, stored (height, width))."""
-  buf = np.frombuffer(data, np.uint8)
-  image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-  if image is None:
-    raise ValueError(f"{where}: image/encoded is not a decodable JPEG")
-  image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+  image = records.decode_jpeg(data, where)
+  return resize_square(image, size), image.shape[:2]
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+  """(h, w, 3) -> (size, size, 3): area filter to shrink, bilinear to grow."""
   h, w = image.shape[:2]
-  if (h, w) != (size, size):
-    shrink = h > size or w > size
-    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    image = cv2.resize(image, (size, size), interpolation=interp)
-  return image, (h, w)
+  if (h, w) == (size, size):
+    return image
+  interp = cv2.INTER_AREA if h > size or w > size else cv2.INTER_LINEAR
+  return cv2.resize(image, (size, size), interpolation=interp)
 
 
 class LoadExample(grain.transforms.RandomMap):
