@@ -132,3 +132,20 @@ def test_from_config():
     augment.Augment.from_config({"blur": 1})
   with pytest.raises(ValueError, match="jpeg_quality"):
     augment.AugmentConfig(jpeg_quality=(90, 50))
+
+
+def test_sbi_keeps_real_when_there_is_nothing_to_blend():
+  ex = clip()
+  # Degenerate landmarks (all at one point) and a face wholly outside the
+  # crop: the image is not altered, so the label must stay REAL.
+  for marks in (
+    np.full_like(ex["landmarks"], 20.0),
+    ex["landmarks"] + 1000.0,
+  ):
+    out = run(augment.AugmentConfig.off(), dict(ex, landmarks=marks), 0, 1.0)
+    np.testing.assert_array_equal(out["image"], ex["image"])
+    assert out["label"] == 0
+  # Bad input is not swallowed: a malformed landmark array still raises.
+  bad = dict(ex, landmarks=np.full_like(ex["landmarks"], np.nan))
+  with pytest.raises(ValueError, match="finite"):
+    run(augment.AugmentConfig.off(), bad, 0, 1.0)

@@ -149,11 +149,13 @@ class Augment(grain.transforms.RandomMap):
     label = int(example["label"])
     if label == records.LABEL_REAL and rng.random() < self.sbi_prob:
       try:
-        params = sbi.sample_params(rng)
-        image = sbi.apply_clip(image, marks, params)[0]
-        label = records.LABEL_FAKE
-      except ValueError:
-        pass  # degenerate landmarks (no face frame): keep the REAL crop
+        blended, masks = sbi.apply_clip(image, marks, sbi.sample_params(rng))
+      except sbi.DegenerateLandmarksError:
+        blended = None  # no face frame to blend in: keep the REAL crop
+      # A face wholly outside the crop leaves the image unchanged (all-zero
+      # masks); labelling that FAKE would teach the model label noise.
+      if blended is not None and masks.any():
+        image, label = blended, records.LABEL_FAKE
     if rng.random() < c.flip_prob:
       image, marks = hflip(image, marks)
     if rng.random() < c.part_drop_prob:

@@ -42,6 +42,10 @@ _HULL_POINTS = 48
 _WARP_CONTEXT = 0.25
 
 
+class DegenerateLandmarksError(ValueError):
+  """The landmarks span no face frame (eyes or mouth collapse to a line)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class SBIRanges:
   """Ranges that `sample_params` draws from (defaults follow the paper).
@@ -197,7 +201,7 @@ def face_frame(landmarks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   min_len = min(np.hypot(*x_axis), np.hypot(*y_axis))
   cross = abs(x_axis[0] * y_axis[1] - x_axis[1] * y_axis[0])
   if min_len < 1.0 or cross < 0.1 * min_len**2:
-    raise ValueError(
+    raise DegenerateLandmarksError(
       f"degenerate landmarks (eyes or mouth collapse to a line): {lm.tolist()}"
     )
   return origin, x_axis, y_axis
