@@ -111,8 +111,8 @@ def collect(
     disable=not progress or jax.process_index() != 0,
     leave=False,
   )
-  for batch in bar:
-    out = forward(batch["image"])
+
+  def keep(batch: Mapping[str, Any], out: Mapping[str, Any]) -> None:
     mask = to_host(batch["_mask"]).astype(bool) if "_mask" in batch else None
     host = {
       k: to_host(batch[k])
@@ -143,6 +143,18 @@ def collect(
     fo.append(host["frame_order"][rows].reshape(-1))
     fl.append(np.repeat(label, t))
     fp.append(frame_probs[rows].reshape(-1))
+
+  # One batch in flight: the next forward is dispatched before the previous
+  # outputs are fetched, so the device computes while the host copies and
+  # loads the following batch.
+  pending = None
+  for batch in bar:
+    out = forward(batch["image"])
+    if pending is not None:
+      keep(*pending)
+    pending = (batch, out)
+  if pending is not None:
+    keep(*pending)
 
   def cat(parts, dtype):
     return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
