@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 from absl import app, flags
 
+from asrid_jax import reporting
 from asrid_jax.data import index as index_lib
 from asrid_jax.data import pipeline, records, source, synthetic
 
@@ -116,11 +117,8 @@ def main(argv):
     "reference_sequential_decode_fps": ref,
     "rows": [],
   }
-  header = f"{'pipeline':<22}{'workers':>8}{'frames/s':>11}{'x ref':>8}{'warm-up s':>11}"
-  lines = [header, "-" * len(header)]
-  lines.append(
-    f"{'reference (no grain)':<22}{'-':>8}{ref:>11.1f}{1.0:>8.2f}{'-':>11}"
-  )
+  header = ("pipeline", "workers", "frames/s", "x ref", "warm-up s")
+  table = [("reference (no grain)", "-", f"{ref:.1f}", "1.00", "-")]
   for name, sampling, batch, aug in _ROWS:
     for workers in (0, 2):
       r = run_row(
@@ -137,11 +135,16 @@ def main(argv):
         name=name, workers=workers, ratio_to_reference=r["frames_per_s"] / ref
       )
       results["rows"].append(r)
-      lines.append(
-        f"{name:<22}{workers:>8}{r['frames_per_s']:>11.1f}"
-        f"{r['ratio_to_reference']:>8.2f}{r['warmup_s']:>11.2f}"
+      table.append(
+        (
+          name,
+          workers,
+          f"{r['frames_per_s']:.1f}",
+          f"{r['ratio_to_reference']:.2f}",
+          f"{r['warmup_s']:.2f}",
+        )
       )
-  print("\n".join(lines))
+  print(reporting.format_table(header, table))
   out = pathlib.Path(_OUT.value)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(results, indent=2) + "\n")

@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from asrid_jax import reporting
 from preprocessing import extract_faces
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -91,21 +92,33 @@ def main(argv=None) -> int:
     row["speedup_vs_first"] = ref / row["seconds"]
 
   header = (
-    f"{'downscale':>9} {'reuse':>5} {'videos':>6} {'frames':>6} "
-    f"{'faces':>5} {'videos/s':>8} {'frames/s':>8} {'speedup':>7} | "
-    + " ".join(f"{s:>7}" for s in STAGES)
-    + "  (seconds per stage)"
+    "downscale",
+    "reuse",
+    "videos",
+    "frames",
+    "faces",
+    "videos/s",
+    "frames/s",
+    "speedup",
+    *(f"{s} s" for s in STAGES),
   )
+  table = [
+    (
+      f"{r['downscale']:.2f}",
+      str(r["reuse_boxes"]),
+      r["videos"],
+      r["frames"],
+      r["faces"],
+      f"{r['videos_per_s']:.3f}",
+      f"{r['frames_per_s']:.2f}",
+      f"{r['speedup_vs_first']:.2f}x",
+      *(f"{r['stage_seconds'][s]:.2f}" for s in STAGES),
+    )
+    for r in rows
+  ]
   print(f"preprocess_bench on {source}, device {args.device}, "
         f"torch threads {torch.get_num_threads()}")  # fmt: skip
-  print(header)
-  for r in rows:
-    stages = " ".join(f"{r['stage_seconds'][s]:7.2f}" for s in STAGES)
-    print(
-      f"{r['downscale']:>9.2f} {str(r['reuse_boxes']):>5} {r['videos']:>6} "
-      f"{r['frames']:>6} {r['faces']:>5} {r['videos_per_s']:>8.3f} "
-      f"{r['frames_per_s']:>8.2f} {r['speedup_vs_first']:>6.2f}x | {stages}"
-    )
+  print(reporting.format_table(header, table))
   RESULTS.mkdir(parents=True, exist_ok=True)
   result = {
     "source": source,
