@@ -140,7 +140,8 @@ class Conv2d(nnx.Module):
     self.stride = stride
     self.groups = groups
     self.dtype = dtype
-    self.depthwise_impl = resolve_depthwise_impl(depthwise_impl)
+    resolve_depthwise_impl(depthwise_impl)  # validate early
+    self.depthwise_impl = depthwise_impl
     shape = (kernel_size, kernel_size, in_features // groups, out_features)
     # torch's kaiming fan_out is out * k * k for a depthwise (C, 1, k, k)
     # kernel too, the same as the HWIO (k, k, 1, C) fan_out here.
@@ -150,7 +151,10 @@ class Conv2d(nnx.Module):
     x = x.astype(self.dtype)
     kernel = self.kernel[...].astype(self.dtype)
     pad = (self.kernel_size - 1) // 2
-    if self.groups > 1 and self.depthwise_impl == "shifted":
+    # Resolved at trace time, so `set_attributes(depthwise_impl=...)` works
+    # and 'auto' follows the backend the function is compiled for.
+    impl = resolve_depthwise_impl(self.depthwise_impl)
+    if self.groups > 1 and impl == "shifted":
       return _shifted_depthwise(x, kernel, self.stride, pad)
     return jax.lax.conv_general_dilated(
       x,
@@ -374,7 +378,8 @@ class MobileNetV3Small(nnx.Module):
       statistics stay float32.
     depthwise_impl: 'grouped' (`feature_group_count` convolution),
       'shifted' (sum of shifted slices) or 'auto' (shifted on CPU, grouped
-      elsewhere; resolved when the model is built).
+      elsewhere; resolved when traced, switchable with
+      `model.set_attributes(depthwise_impl=...)`).
     frozen_bn: batch norm always uses running statistics, never updates
       them, and its scale/bias are `FrozenParam`, not `nnx.Param`.
     rngs: 'params' for initialisation, 'dropout' for the classifier dropout.
