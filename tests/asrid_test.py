@@ -22,12 +22,7 @@ TORCHVISION_SMALL_PARAMS = 2_542_856  # sum(p.numel()) of mobilenet_v3_small
 TORCHVISION_CLASSIFIER_PARAMS = 576 * 1024 + 1024 + 1024 * 1000 + 1000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def _images(seed, size=SIZE, b=B, t=T):

@@ -12,14 +12,7 @@ from asrid_jax.models import attention
 N, H8, W8, CT, CS = 6, 8, 8, 24, 48
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-  # Compile time dominates these small tests; XLA's optimisation passes do
-  # not change what they check.
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def _features(seed=0, n=N):

@@ -37,3 +37,17 @@ def real_samples() -> pathlib.Path:
   if path is None:
     pytest.skip("set ASRID_REAL_SAMPLES to ../shared/real_samples to run this")
   return path
+
+
+@pytest.fixture(scope="module")
+def fast_compiles():
+  """Skips XLA's optimisation passes for one test module, then restores them.
+
+  For tests that check behaviour, not speed: their run time is dominated by
+  compiling, which this roughly halves. Use it with
+  `pytestmark = pytest.mark.usefixtures("fast_compiles")`.
+  """
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)

@@ -11,14 +11,7 @@ from asrid_jax.models import heads, temporal
 N, M, D, G = 6, 3, 16, 40
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-  # Compile time dominates these small tests; XLA's optimisation passes do
-  # not change what they check.
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 # Jitted calls: op-by-op dispatch of an attention layer is slower than one

@@ -19,15 +19,7 @@ TAP_CHANNELS = {"stride8": 24, "stride16": 48, "last": 576}
 TAP_STRIDES = {"stride8": 8, "stride16": 16, "last": 32}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-  # These tests check behaviour, not speed: skipping XLA's optimisation
-  # passes halves their compile-dominated run time. Restored afterwards so
-  # other test modules see the default.
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 @functools.partial(
