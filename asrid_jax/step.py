@@ -29,7 +29,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -107,8 +106,12 @@ class Trainer:
         f"batch_size {config.batch_size} / grad_accum_steps {self.accum} "
         f"must give micro-batches divisible by the data-parallel size {dp}"
       )
+    # Traced exactly once per Trainer: a second trace (new shapes, dtypes or
+    # shardings) would silently recompile every few steps, so it raises
+    # (chex.assert_max_traces(n=1) semantics, counted per Trainer instance).
+    self.traces = 0
     self.train_step = jax.jit(
-      chex.assert_max_traces(self._step, n=1),
+      self._traced_once,
       donate_argnums=(0,),
       in_shardings=(self.state_sharding, self.batch_sharding, self.repl),
       out_shardings=(self.state_sharding, self.repl),
@@ -211,6 +214,15 @@ class Trainer:
     _, new_rest = self.spec.split(model)
     return total, (terms, new_rest)
 
+  def _traced_once(self, state, batch, rng):
+    self.traces += 1
+    if self.traces > 1:
+      raise RuntimeError(
+        f"train step traced {self.traces} times: batch shapes/dtypes or "
+        "state shardings changed between steps"
+      )
+    return self._step(state, batch, rng)
+
   def _step(self, state, batch, rng):
     a = self.accum
     rng = jax.random.fold_in(rng, state["step"])
@@ -255,7 +267,7 @@ class Trainer:
       )
       grads = jax.tree.map(lambda g: g / a, grads)
       terms = jax.tree.map(lambda t: t / a, terms)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = self.opt.tx.update(grads, state["opt"], params)
     new_params = optax.apply_updates(params, updates)
     new_state = {

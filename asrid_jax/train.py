@@ -213,9 +213,12 @@ def train_and_evaluate(
   last_eval: dict[str, float] = {}
   total = config.total_steps
   kill_at = int(os.environ.get(KILL_AFTER_SAVE_ENV, "-1"))
+  # Debug/test aid: which examples each step used. Gathering them is a
+  # collective, so every process computes it; process 0 writes it.
+  log_order = bool(config.get("log_data_order", False))
   order_log = (
     (workdir / "data_order.jsonl").open("a")
-    if config.get("log_data_order") and main_process
+    if log_order and main_process
     else None
   )
   t_log, s_log, t_start, step = time.perf_counter(), start, time.time(), start
@@ -226,11 +229,10 @@ def train_and_evaluate(
       state, metrics = trainer.train_step(state, batch, rng)
       step += 1
       pending.append((step, metrics))
-      if order_log is not None:
-        order_log.write(
-          json.dumps({"step": step, **trainer.fingerprint(batch)})
-        )
-        order_log.write("\n")
+      if log_order:
+        record = json.dumps({"step": step, **trainer.fingerprint(batch)})
+        if order_log is not None:
+          order_log.write(record + "\n")
       if on_step is not None:
         on_step(step)
       last = step == total
@@ -301,6 +303,7 @@ def train_and_evaluate(
     "step": step,
     "stopped": stopped,
     "state": state,
+    "trainer": trainer,
     "val": last_eval,
     "incomplete_checkpoints": incomplete,
   }
