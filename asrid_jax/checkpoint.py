@@ -105,7 +105,7 @@ class Checkpointer:
       ]
     )
     options = ocp.CheckpointManagerOptions(
-      preservation_policy=None if read_only else policy,
+      preservation_policy=policy,  # also read-only: it loads the metrics
       enable_async_checkpointing=async_save,
       cleanup_tmp_directories=not read_only,
       create=not read_only,
