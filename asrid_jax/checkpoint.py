@@ -105,7 +105,11 @@ class Checkpointer:
       ]
     )
     options = ocp.CheckpointManagerOptions(
-      preservation_policy=policy,  # also read-only: it loads the metrics
+      preservation_policy=policy,
+      # Orbax writes and loads per-step metrics only when best_fn is set;
+      # retention itself is the preservation policy above.
+      best_fn=lambda m: m[METRIC],
+      best_mode="min",
       enable_async_checkpointing=async_save,
       cleanup_tmp_directories=not read_only,
       create=not read_only,
