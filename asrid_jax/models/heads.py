@@ -26,6 +26,24 @@ import jax.numpy as jnp
 from flax import nnx
 
 
+def self_attention(
+  dim: int, num_heads: int, dropout: float, *, dtype: Any, rngs: nnx.Rngs
+) -> nnx.MultiHeadAttention:
+  """Self-attention over tokens of width dim, shared by the static and
+  dynamic heads. Dropout keys come from the caller's `rngs` at call time
+  (`keep_rngs=False`), so the module holds no RNG state of its own."""
+  return nnx.MultiHeadAttention(
+    num_heads,
+    dim,
+    dropout_rate=dropout,
+    deterministic=False,
+    dtype=dtype,
+    decode=False,
+    keep_rngs=False,
+    rngs=rngs,
+  )
+
+
 class Mix(nnx.Module):
   """Fuses the global feature with the part tokens into M + 1 tokens."""
 
@@ -104,16 +122,7 @@ class StaticHead(nnx.Module):
     self.num_tokens = num_tokens
     self.feature_dim = hidden_dim
     self.norm = nnx.LayerNorm(dim, dtype=dtype, rngs=rngs)
-    self.attn = nnx.MultiHeadAttention(
-      num_heads,
-      dim,
-      dropout_rate=dropout,
-      deterministic=False,
-      dtype=dtype,
-      decode=False,
-      keep_rngs=False,
-      rngs=rngs,
-    )
+    self.attn = self_attention(dim, num_heads, dropout, dtype=dtype, rngs=rngs)
     self.bn = nnx.BatchNorm(
       num_tokens * dim, momentum=0.9, dtype=dtype, rngs=rngs
     )

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from asrid_jax.models import heads
+
 
 def sinusoidal_encoding(length: int, dim: int) -> np.ndarray:
   """(length, dim) float32 sin/cos positional encoding of Vaswani et al.
@@ -53,15 +55,8 @@ class EncoderLayer(nnx.Module):
     if dim % num_heads:
       raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
     self.norm1 = nnx.LayerNorm(dim, dtype=dtype, rngs=rngs)
-    self.attn = nnx.MultiHeadAttention(
-      num_heads,
-      dim,
-      dropout_rate=dropout,
-      deterministic=False,
-      dtype=dtype,
-      decode=False,
-      keep_rngs=False,
-      rngs=rngs,
+    self.attn = heads.self_attention(
+      dim, num_heads, dropout, dtype=dtype, rngs=rngs
     )
     self.norm2 = nnx.LayerNorm(dim, dtype=dtype, rngs=rngs)
     self.mlp_in = nnx.Linear(dim, mlp_dim, dtype=dtype, rngs=rngs)
