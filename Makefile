@@ -11,7 +11,8 @@ PYTEST_ARGS ?=
 # Re-installs only when a requirements file changed (fast when .venv is current).
 $(STAMP): requirements.txt requirements-torch.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-torch.txt
+	@echo "installing the pinned requirements into $(VENV) (a few minutes the first time)"
+	$(PY) -m pip install -qq --disable-pip-version-check -r requirements.txt -r requirements-torch.txt
 	@touch $(STAMP)
 
 venv: $(STAMP)
