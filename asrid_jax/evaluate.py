@@ -361,6 +361,7 @@ def run(args: argparse.Namespace) -> tuple[EvalResult, dict[str, pathlib.Path]]:
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   logging.set_verbosity(logging.WARNING)
+  reporting.quiet_library_logs()
   # grain workers read absl flags; nothing else here uses them.
   from absl import flags
 

@@ -360,12 +360,19 @@ def write_outputs(
   return {"submission": submission, "details": details}
 
 
+def _call(r: VideoPrediction) -> str:
+  """FAKE/REAL at 0.5, or '-' for a fallback score (the model never saw it)."""
+  if r.reason:
+    return "-"
+  return "FAKE" if r.score >= 0.5 else "REAL"
+
+
 def _detail_row(r: VideoPrediction) -> list[Any]:
   t = r.timings
   return [
     r.filename,
     float(r.score),
-    "FAKE" if r.score >= 0.5 else "REAL",
+    _call(r),
     r.reason,
     len(r.track_scores),
     r.faces,
@@ -399,7 +406,7 @@ def format_results(results: Sequence[VideoPrediction]) -> str:
       [
         r.filename if len(r.filename) <= 32 else "..." + r.filename[-29:],
         float(r.score),
-        "FAKE" if r.score >= 0.5 else "REAL",
+        _call(r),
         r.faces,
         len(r.track_scores),
         t.get("decode"),
@@ -559,6 +566,7 @@ def run(args: argparse.Namespace) -> tuple[list[VideoPrediction], dict]:
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   logging.set_verbosity(logging.WARNING)
+  reporting.quiet_library_logs()
   try:
     results, meta = run(args)
   except (FileNotFoundError, ValueError) as e:

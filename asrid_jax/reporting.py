@@ -8,6 +8,7 @@ is drawn.
 from __future__ import annotations
 
 import csv
+import logging as std_logging
 import math
 import os
 import pathlib
@@ -142,3 +143,47 @@ def plot_histograms(
   fig.savefig(path)
   plt.close(fig)
   return path
+
+
+# ---------------------------------------------------------------------------
+# Console logs
+# ---------------------------------------------------------------------------
+
+# Orbax, grain and JAX log every checkpoint step and backend probe at INFO;
+# on a console that buries our own progress lines. Their warnings stay,
+# except ones that are expected in our use (restoring a subset of a
+# checkpoint's items read-only, for evaluation and prediction).
+_LIBRARY_PATHS = tuple(
+  os.sep + part + os.sep
+  for part in ("orbax", "grain", os.path.join("jax", "_src"))
+)
+_EXPECTED_WARNINGS = (
+  "was found in the checkpoint, but could not be restored",
+  "Given directory is read only",
+  "read_only=True, setting save_interval_steps=0",
+)
+
+
+class _QuietLibraries(std_logging.Filter):
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if not any(p in record.pathname for p in _LIBRARY_PATHS):
+      return True
+    if record.levelno < std_logging.WARNING:
+      return False
+    message = record.getMessage()
+    return not any(w in message for w in _EXPECTED_WARNINGS)
+
+
+def quiet_library_logs() -> None:
+  """Drops library INFO chatter from the console (see above).
+
+  Set ASRID_LIBRARY_LOGS=1 to keep everything, e.g. to debug a checkpoint.
+  """
+  if os.environ.get("ASRID_LIBRARY_LOGS"):
+    return
+  quiet = _QuietLibraries()
+  # absl's logger (Orbax and grain log through it) and every root handler
+  # (JAX logs through Python's logging).
+  std_logging.getLogger("absl").addFilter(quiet)
+  for handler in std_logging.getLogger().handlers:
+    handler.addFilter(quiet)

@@ -29,6 +29,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from asrid_jax import checkpoint as ckpt_lib
+from asrid_jax import reporting
 from asrid_jax import sharding as sharding_lib
 from asrid_jax import step as step_lib
 from configs import common as config_common
@@ -312,6 +313,7 @@ def train_and_evaluate(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  reporting.quiet_library_logs()
   # Compiled programs are reused across relaunches (resume, evaluations).
   cache = os.environ.get(
     "JAX_COMPILATION_CACHE_DIR",
