@@ -1,0 +1,193 @@
+"""Torch-exact layers for the MobileNetV3 port: conv, batch norm, activations.
+
+Each matches its torch counterpart numerically (padding, eps, momentum,
+running-variance update, initialisation), so converted torchvision weights
+give torchvision's outputs. The depthwise convolution has two
+implementations (`resolve_depthwise_impl`): XLA:CPU runs the grouped
+convolution 5-8x slower than a sum of shifted slices.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DepthwiseImpl = Literal["auto", "grouped", "shifted"]
+
+# torchvision's BatchNorm2d(eps=0.001, momentum=0.01); flax-style momentum is
+# the weight of the OLD running average, i.e. 1 - torch momentum.
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.99
+# torch's kaiming_normal_(mode='fan_out') for convs, N(0, 0.01) for linears.
+_conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+_linear_init = nnx.initializers.normal(0.01)
+
+
+class FrozenParam(nnx.Variable):
+  """A parameter excluded from training (frozen batch-norm scale and bias).
+
+  Not a subclass of `nnx.Param`, so `wrt=nnx.Param` filters leave it out.
+  """
+
+
+# Everything a weights file holds: trainable and frozen parameters and the
+# batch-norm statistics (not the dropout RNG state).
+WEIGHTS = nnx.Any(nnx.Param, FrozenParam, nnx.BatchStat)
+
+
+def _activation(name: str | None, x: jax.Array) -> jax.Array:
+  if name is None:
+    return x
+  if name == "relu":
+    return jax.nn.relu(x)
+  if name == "hardswish":
+    # torch: x * relu6(x + 3) / 6, the same formula as jax.nn.hard_swish.
+    return jax.nn.hard_swish(x)
+  raise ValueError(f"unknown activation {name!r}")
+
+
+def resolve_depthwise_impl(impl: str) -> str:
+  """'auto' -> 'shifted' on CPU (XLA:CPU grouped conv is slow), else 'grouped'."""
+  if impl == "auto":
+    return "shifted" if jax.default_backend() == "cpu" else "grouped"
+  if impl not in ("grouped", "shifted"):
+    raise ValueError(
+      f"depthwise_impl must be 'auto', 'grouped' or 'shifted', got {impl!r}"
+    )
+  return impl
+
+
+class Conv2d(nnx.Module):
+  """Bias-free k x k convolution (optionally depthwise) with torch padding.
+
+  The kernel is HWIO, `(k, k, in // groups, out)`: a depthwise kernel is
+  `(k, k, 1, C)`, the layout `feature_group_count=C` expects. Padding is
+  `(k - 1) // 2` on every side, as torch's Conv2dNormActivation; 'SAME'
+  would pad asymmetrically for stride 2 on even sizes.
+  """
+
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    groups: int = 1,
+    dtype: Any = jnp.float32,
+    depthwise_impl: DepthwiseImpl = "auto",
+    rngs: nnx.Rngs,
+  ):
+    if groups not in (1, in_features) or (
+      groups > 1 and out_features != in_features
+    ):
+      raise ValueError("only dense or depthwise convolutions are supported")
+    self.kernel_size = kernel_size
+    self.stride = stride
+    self.groups = groups
+    self.dtype = dtype
+    resolve_depthwise_impl(depthwise_impl)  # validate early
+    self.depthwise_impl = depthwise_impl
+    shape = (kernel_size, kernel_size, in_features // groups, out_features)
+    # torch's kaiming fan_out is out * k * k for a depthwise (C, 1, k, k)
+    # kernel too, the same as the HWIO (k, k, 1, C) fan_out here.
+    self.kernel = nnx.Param(_conv_init(rngs.params(), shape, jnp.float32))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(self.dtype)
+    kernel = self.kernel[...].astype(self.dtype)
+    pad = (self.kernel_size - 1) // 2
+    # Resolved at trace time, so `set_attributes(depthwise_impl=...)` works
+    # and 'auto' follows the backend the function is compiled for.
+    impl = resolve_depthwise_impl(self.depthwise_impl)
+    if self.groups > 1 and impl == "shifted":
+      return _shifted_depthwise(x, kernel, self.stride, pad)
+    return jax.lax.conv_general_dilated(
+      x,
+      kernel,
+      window_strides=(self.stride, self.stride),
+      padding=((pad, pad), (pad, pad)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=self.groups,
+    )
+
+
+def _shifted_depthwise(
+  x: jax.Array, kernel: jax.Array, stride: int, pad: int
+) -> jax.Array:
+  """Depthwise conv as a sum of k*k strided shifted slices times weights.
+
+  XLA fuses this into one loop; on XLA:CPU it is several times faster than
+  `conv_general_dilated(feature_group_count=C)` (ENVIRONMENT.md).
+  """
+  k = kernel.shape[0]
+  _, h, w, _ = x.shape
+  out_h = (h + 2 * pad - k) // stride + 1
+  out_w = (w + 2 * pad - k) // stride + 1
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  out = None
+  for i in range(k):
+    for j in range(k):
+      window = jax.lax.slice(
+        xp,
+        (0, i, j, 0),
+        (
+          xp.shape[0],
+          i + stride * (out_h - 1) + 1,
+          j + stride * (out_w - 1) + 1,
+          xp.shape[3],
+        ),
+        (1, stride, stride, 1),
+      )
+      term = window * kernel[i, j, 0]
+      out = term if out is None else out + term
+  return out
+
+
+class BatchNorm2d(nnx.Module):
+  """torch BatchNorm2d semantics over NHWC (statistics in float32).
+
+  Training normalises with the biased batch variance and updates the running
+  variance with the unbiased one, exactly as torch does.
+  """
+
+  def __init__(
+    self,
+    num_features: int,
+    *,
+    eps: float = BN_EPS,
+    momentum: float = BN_MOMENTUM,
+    dtype: Any = jnp.float32,
+    frozen: bool = False,
+  ):
+    param_type = FrozenParam if frozen else nnx.Param
+    self.scale = param_type(jnp.ones((num_features,), jnp.float32))
+    self.bias = param_type(jnp.zeros((num_features,), jnp.float32))
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+    self.eps = eps
+    self.momentum = momentum
+    self.dtype = dtype
+    self.frozen = frozen
+    self.use_running_average = False
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.use_running_average or self.frozen:
+      mean, var = self.mean[...], self.var[...]
+    else:
+      xf = x.astype(jnp.float32)
+      mean = jnp.mean(xf, axis=(0, 1, 2))
+      var = jnp.mean(jnp.square(xf - mean), axis=(0, 1, 2))
+      n = x.shape[0] * x.shape[1] * x.shape[2]
+      unbiased = var * (n / max(n - 1, 1))
+      m = self.momentum
+      self.mean[...] = m * self.mean[...] + (1.0 - m) * mean
+      self.var[...] = m * self.var[...] + (1.0 - m) * unbiased
+    mul = self.scale[...] * jax.lax.rsqrt(var + self.eps)
+    add = self.bias[...] - mean * mul
+    return x.astype(self.dtype) * mul.astype(self.dtype) + add.astype(
+      self.dtype
+    )
