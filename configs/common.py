@@ -16,6 +16,14 @@ masked to 31 bits. The core config is what determines the trained model:
 (`dir`, `worker_count`, `prefetch`), `optim`, `loss`, `batch_size`,
 `grad_accum_steps`, `total_steps` and `ema_decay`. Workdir, logging and
 evaluation cadence, checkpoint policy and the mesh do not change it.
+
+Judging a variant: the paper reports accuracy only, on a split that leaks originals
+and at a fake fraction that a constant predictor matches (DESIGN.md, "Paper
+vs original code"), so its numbers are not a target; judge this variant by
+validation LogLoss against the constant-prior LogLoss that evaluate.py
+prints beside it. Full runs take 20k updates of 24 clips x 8 frames at
+380x380 (hours on one modern GPU); runlocal takes about a minute on 2 CPU
+cores.
 """
 
 import hashlib

@@ -8,18 +8,12 @@ Full run (DFDC-scale shards, one or more GPU/TPU hosts):
       --config.data.dir=/data/dfdc_shards \
       [--config.model_init=weights/mobilenet_v3_small]
 
-CPU run on the built-in sample (after `make demo`; 2 cores, a few minutes):
+CPU run on the built-in sample (after `make demo`; 2 cores, about a minute):
 
   python -m asrid_jax.train --config=configs/sta_pic.py:runlocal \
       --workdir=/tmp/asrid_sta_pic
 
-Expected: the paper reports accuracy only, on a split that leaks originals
-and at a fake fraction that a constant predictor matches (DESIGN.md, "Paper
-vs original code"), so its numbers are not a target; judge this variant by
-validation LogLoss against the constant-prior LogLoss that evaluate.py
-prints beside it. Full runs take 20k updates of 24 clips x 8 frames at
-380x380 (hours on one modern GPU); runlocal takes about a minute on 2 CPU
-cores.
+Judging the result and run times: see configs/common.py.
 
 Measured (runlocal, 300 steps on `make demo` data, 2-core CPU, 57 s):
 validation video LogLoss 0.231 (accuracy 1.0) vs the constant prior's 0.637.
