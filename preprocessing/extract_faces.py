@@ -226,6 +226,18 @@ def run(
     logging.warning("note: %s: %s", note.name, note.reason)
   mine = splits_lib.partition(groups, args.num_workers, args.worker_index)
   out = output_lib.OutputDir(args.output, args.num_workers, args.worker_index)
+  try:
+    return _run_locked(
+      args, detector, out, mine, split_of, items, issues, notes, summary, start
+    )
+  finally:
+    out.unlock()
+
+
+def _run_locked(
+  args, detector, out, mine, split_of, items, issues, notes, summary, start
+) -> RunSummary:
+  """run() once this worker's output lock is held (prepare() takes it)."""
   out.prepare(stored_settings(args), args.overwrite)
   manifests = out.manifests()
   # A group already (partly) written keeps its split, even if the input has
@@ -233,7 +245,7 @@ def run(
   for m in manifests:
     for v in m["videos"]:
       split_of[v.get("original") or v["video_id"]] = m["split"]
-  done = out.done_videos()
+  done = out.done_videos({v.video_id: v.path for v in items})
   my_ids = [v.video_id for g in mine for v in g.videos]
   pending = [v for v in my_ids if v not in done]
   summary.already_done = len(my_ids) - len(pending)
@@ -281,10 +293,18 @@ def run(
     my_ids
   )
   if my_ids and not written:
+    reasons = [
+      f"  {e['video']}: {e['reason']}" for e in summary.info["skipped"][:5]
+    ]
     raise NothingProcessedError(
-      f"none of the {len(my_ids)} videos of worker {args.worker_index} of "
-      f"{args.num_workers} gave a face crop; reasons are in "
-      f"{out.root / records.DATASET_INFO} ('skipped')"
+      "\n".join(
+        [
+          f"none of the {len(my_ids)} videos of worker {args.worker_index} "
+          f"of {args.num_workers} gave a face crop; all reasons are in "
+          f"{out.root / records.DATASET_INFO} ('skipped'):",
+          *reasons,
+        ]
+      )
     )
   if not my_ids:
     logging.warning("worker %d has no videos to process", args.worker_index)
@@ -323,7 +343,8 @@ def _process_group(
       _write_video(item, split, result, args, sink, summary)
     else:
       logging.warning("skipped %s: %s", item.video_id, result.skip_reason)
-      out.log_skip(item.video_id, result.skip_reason)
+      # The file's stamp lets a rerun retry it once the user repairs it.
+      out.log_skip(item.video_id, result.skip_reason, path=item.path)
       summary.skipped += 1
     bar.update(1)
     bar.set_postfix(faces=summary.faces, skipped=summary.skipped)
@@ -400,8 +421,8 @@ def merge_info(
   }
   info["num_videos"] = sum(s["num_videos"] for s in info["splits"].values())
   info["num_records"] = sum(s["num_records"] for s in info["splits"].values())
-  if manifests:
-    records.write_dataset_info(out.root, info)
+  # Written even when no shard exists: it is where the skip reasons are.
+  records.write_dataset_info(out.root, info)
   return info
 
 
@@ -421,10 +442,20 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (
     NothingProcessedError,
     output_lib.SettingsMismatchError,
+    output_lib.OutputBusyError,
     FileNotFoundError,
     ValueError,
   ) as e:
     print(f"extract_faces: error: {e}", file=sys.stderr)
+    return 1
+  except OSError as e:
+    # Read-only, immutable or full output: one line, not a traceback.
+    print(
+      f"extract_faces: error: {e.filename or args.output}: "
+      f"{e.strerror or e}; complete shards already in {args.output} are "
+      "kept (a rerun resumes after them), the unfinished shard was dropped",
+      file=sys.stderr,
+    )
     return 1
   print(summary.line(args.output))
   return 0

@@ -92,6 +92,9 @@ def parse_split(value) -> str | None:
 
 
 def _video_id(path: pathlib.Path, root: pathlib.Path) -> str:
+  # Lexically normalised ('a/../b' -> 'b'), symlinks kept: an id names the
+  # file as the user listed it, and one spelling per file.
+  path = pathlib.Path(os.path.normpath(os.path.abspath(path)))
   try:
     return path.relative_to(root).as_posix()
   except ValueError:
@@ -110,13 +113,39 @@ def discover(source: str | os.PathLike) -> tuple[list[VideoItem], list[Issue]]:
   return _dedupe(items, issues)
 
 
+def _file_key(path: pathlib.Path):
+  """One key per file however it is spelled (.., absolute, symlinks)."""
+  try:
+    st = path.stat()
+    return (st.st_dev, st.st_ino)
+  except OSError:
+    return str(path.resolve())
+
+
 def _dedupe(items, issues):
-  seen: dict[str, VideoItem] = {}
+  """Keeps the first entry of each FILE; one issue per repeated file.
+
+  Two spellings of one file (`../in/x.mp4`, `/abs/in/x.mp4`) would otherwise
+  become two videos, possibly in different splits: an identity leak.
+  """
+  seen: dict[object, VideoItem] = {}
+  repeats: dict[object, list[str]] = {}
   for item in items:
-    if item.video_id in seen:
-      issues.append(Issue(item.video_id, "listed twice; first entry kept"))
+    key = _file_key(item.path)
+    if key in seen:
+      repeats.setdefault(key, []).append(item.video_id)
       continue
-    seen[item.video_id] = item
+    seen[key] = item
+  for key, names in repeats.items():
+    kept = seen[key].video_id
+    others = sorted(set(names) - {kept})
+    also = f" (also as {', '.join(others)})" if others else ""
+    issues.append(
+      Issue(
+        kept,
+        f"listed {len(names) + 1} times{also}; first entry kept",
+      )
+    )
   return sorted(seen.values(), key=lambda v: v.video_id), issues
 
 
@@ -138,6 +167,9 @@ def discover_dfdc(root: pathlib.Path) -> tuple[list[VideoItem], list[Issue]]:
       issues.append(
         Issue(name, "malformed metadata.json: top level is not an object")
       )
+      continue
+    if not table:
+      issues.append(Issue(name, "metadata.json lists no videos ({})"))
       continue
     for file_name, entry in sorted(table.items()):
       path = meta.parent / file_name
@@ -186,6 +218,14 @@ def _dfdc_item(vid: str, path: pathlib.Path, entry, root) -> VideoItem:
 _PATH_COLUMNS = ("path", "file", "filename", "video")
 
 
+def cell_at(row: list[str], i: int) -> str:
+  return row[i].strip() if i < len(row) else ""
+
+
+def _is_label(value: str) -> bool:
+  return value.strip().lower() in _LABELS
+
+
 def read_csv(csv_path: pathlib.Path) -> tuple[list[VideoItem], list[Issue]]:
   """A CSV of path,label[,original[,split]] rows (header optional)."""
   base = csv_path.resolve().parent
@@ -199,6 +239,12 @@ def read_csv(csv_path: pathlib.Path) -> tuple[list[VideoItem], list[Issue]]:
   if not rows:
     raise ValueError(f"{csv_path}: empty CSV")
   header = [c.strip().lower() for c in rows[0]]
+  named = [c for c in header if c in (*_PATH_COLUMNS, "original", "split")]
+  if "label" not in header and named and not _is_label(cell_at(rows[0], 1)):
+    raise ValueError(
+      f"{csv_path}: header {rows[0]} has no 'label' column (columns: "
+      f"{', '.join(_PATH_COLUMNS)}, label[, original][, split])"
+    )
   if "label" in header:
     path_col = next((c for c in _PATH_COLUMNS if c in header), None)
     if path_col is None:

@@ -7,6 +7,8 @@ Layout of OUTPUT:
                                          manifest: the videos inside the shard
   _work/settings.json                    settings the shards were made with
   _work/PREFIX.skipped.jsonl             videos a worker skipped, with reasons
+                                         (and the file's size/mtime then)
+  _work/PREFIX.lock                      held (flock) by the running worker
 where PREFIX = wIIIIIofNNNNN names the worker (index of count).
 
 Resume never trusts a separate "done" list that could disagree with the
@@ -27,6 +29,7 @@ from collections.abc import Iterable, Sequence
 
 from absl import logging
 
+from asrid_jax import locks
 from asrid_jax.data import records
 
 WORK_DIR = "_work"
@@ -46,6 +49,18 @@ class SettingsMismatchError(ValueError):
   """A rerun with settings that differ from those of the existing shards."""
 
 
+OutputBusyError = locks.BusyError
+
+
+def file_stamp(path: os.PathLike | str) -> list[int] | None:
+  """[size, mtime_ns] of a file, None when it cannot be read."""
+  try:
+    st = os.stat(path)
+  except OSError:
+    return None
+  return [st.st_size, st.st_mtime_ns]
+
+
 class OutputDir:
   """One worker's view of the shard folder."""
 
@@ -59,13 +74,20 @@ class OutputDir:
     self.work = self.root / WORK_DIR
     self.skip_log = self.work / f"{self.prefix}.skipped.jsonl"
     self.finished_marker = self.work / f"{self.prefix}.finished.json"
+    self.lock_path = self.work / f"{self.prefix}.lock"
+    self._lock = None
 
   # --------------------------------------------------------------------------
   # Start of a run.
   # --------------------------------------------------------------------------
 
   def prepare(self, settings: dict, overwrite: bool) -> None:
-    """Clears what --overwrite redoes, removes debris, checks the settings."""
+    """Locks, clears what --overwrite redoes, removes debris, checks settings.
+
+    The lock comes first: without it a second run on the same worker would
+    delete the first's in-flight temp shard as debris.
+    """
+    self.lock()
     if overwrite:
       self._clear(everything=self.num_workers == 1)
     self.work.mkdir(parents=True, exist_ok=True)
@@ -93,6 +115,19 @@ class OutputDir:
     else:
       records.write_json_atomic(path, settings)
 
+  def lock(self) -> None:
+    """Takes this worker's lock (OutputBusyError when another holds it)."""
+    if self._lock is None:
+      self._lock = locks.take_lock(
+        self.lock_path,
+        f"worker {self.worker_index} of {self.num_workers} of {self.root}",
+      )
+
+  def unlock(self) -> None:
+    if self._lock is not None:
+      self._lock.close()
+      self._lock = None
+
   def _own_files(self) -> Iterable[pathlib.Path]:
     for split in records.SPLITS:
       folder = self.root / split
@@ -103,7 +138,14 @@ class OutputDir:
     if everything:
       for split in records.SPLITS:
         shutil.rmtree(self.root / split, ignore_errors=True)
-      shutil.rmtree(self.work, ignore_errors=True)
+      # Lock files stay: a running worker of another count may hold one.
+      for path in self.work.glob("*") if self.work.is_dir() else ():
+        if path.suffix == ".lock":
+          continue
+        if path.is_dir():
+          shutil.rmtree(path, ignore_errors=True)
+        else:
+          path.unlink(missing_ok=True)
       (self.root / records.DATASET_INFO).unlink(missing_ok=True)
       logging.info("--overwrite: removed all shards in %s", self.root)
       return
@@ -159,10 +201,22 @@ class OutputDir:
         entries[entry["video"]] = entry
     return entries
 
-  def done_videos(self) -> set[str]:
-    """Videos no rerun should touch: in a complete shard or skipped for good."""
+  def done_videos(self, paths: dict[str, pathlib.Path] | None = None) -> set:
+    """Videos no rerun should touch: in a complete shard or skipped for good.
+
+    A skip counts only while the file is as it was then (same size and
+    mtime, when `paths` maps video ids to files): a repaired file is retried.
+    """
     done = {v["video_id"] for m in self.manifests() for v in m["videos"]}
-    done |= {k for k, e in self.skip_entries().items() if not e.get("retry")}
+    for vid, entry in self.skip_entries().items():
+      if entry.get("retry") or vid in done:
+        continue
+      stamp = entry.get("stamp")
+      if paths and vid in paths and stamp is not None:
+        if file_stamp(paths[vid]) != stamp:
+          logging.info("%s changed since it was skipped: retrying", vid)
+          continue
+      done.add(vid)
     return done
 
   def next_shard_number(self) -> int:
@@ -177,13 +231,19 @@ class OutputDir:
   # Writing.
   # --------------------------------------------------------------------------
 
-  def log_skip(self, video_id: str, reason: str, retry: bool = False) -> None:
+  def log_skip(
+    self,
+    video_id: str,
+    reason: str,
+    retry: bool = False,
+    path: os.PathLike | str | None = None,
+  ) -> None:
     """Appends to this worker's skip log, durably (a kill keeps the line)."""
     self.work.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(
-      {"video": video_id, "reason": reason, "retry": retry},
-      ensure_ascii=False,
-    )
+    entry = {"video": video_id, "reason": reason, "retry": retry}
+    if path is not None:
+      entry["stamp"] = file_stamp(path)
+    line = json.dumps(entry, ensure_ascii=False)
     with open(self.skip_log, "a", encoding="utf-8") as f:
       f.write(line + "\n")
       f.flush()
@@ -208,8 +268,12 @@ class ShardSink:
       writer = records.ShardWriter(self.out.root / split / name)
       self._open[split] = (writer, [])
     writer, videos = self._open[split]
-    for item in data:
-      writer.write(item)
+    try:
+      for item in data:
+        writer.write(item)
+    except OSError as e:
+      # write() errors (ENOSPC) carry no file name: add the shard's.
+      raise OSError(e.errno, e.strerror, str(writer.path)) from e
     videos.append({**meta, "records": len(data)})
     if writer.num_records >= self.records_per_shard:
       self._finish(split)

@@ -240,7 +240,9 @@ def test_all_bad_input_fails_clearly(tmp_path, capsys):
   err = capsys.readouterr().err
   assert rc == 1
   assert "none of the 2 videos" in err and "gave a face crop" in err
-  assert not (tmp_path / "o" / records.DATASET_INFO).exists()
+  # The message points at dataset_info.json: it exists and has the reasons.
+  info = records.read_dataset_info(tmp_path / "o")
+  assert {s["video"] for s in info["skipped"]} == {"zero.mp4", "text.mp4"}
   (tmp_path / "in" / "metadata.json").write_text("[1, 2")
   assert extract_faces.main(["--input", str(tmp_path / "in"), "--output",
                              str(tmp_path / "o2")]) == 1  # fmt: skip

@@ -251,10 +251,12 @@ def test_csv_with_and_without_header(tmp_path):
   )
   items, issues = inputs.discover(with_header)
   by_id = {i.video_id: i for i in items}
-  assert by_id["../v/a.mp4"].split == "val"
-  assert by_id["../v/b.mp4"].original == "../v/a.mp4"
+  # Outside the CSV's folder: ids are normalised absolute paths (one per file).
+  a, b = (tmp_path / "v" / "a.mp4").as_posix(), (tmp_path / "v" / "b.mp4")
+  assert by_id[a].split == "val"
+  assert by_id[b.as_posix()].original == a
   assert by_id[outside.as_posix()].label == records.LABEL_FAKE
-  assert {i.name for i in issues} == {"../v/none.mp4", "../v/a.mp4"}
+  assert {i.name for i in issues} == {(tmp_path / "v/none.mp4").as_posix(), a}
   plain = tmp_path / "plain.csv"
   plain.write_text("v/a.mp4,0\nv/b.mp4,1,v/a.mp4\n")
   items, issues = inputs.discover(plain)

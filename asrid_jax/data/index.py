@@ -89,6 +89,7 @@ def _scan_shard(shard: pathlib.Path) -> ShardMeta:
 def _write_meta(path: pathlib.Path, meta: ShardMeta, sig: np.ndarray) -> None:
   fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
   try:
+    records.honour_umask(fd)  # mkstemp's 0600 would lock out other users
     with os.fdopen(fd, "wb") as f:
       np.savez(f, signature=sig, **dataclasses.asdict(meta))
     os.replace(tmp, path)

@@ -25,6 +25,7 @@ import os
 import pathlib
 import struct
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -420,12 +421,28 @@ def list_shards(data_dir: os.PathLike | str, split: str) -> list[pathlib.Path]:
 # ----------------------------------------------------------------------------
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def honour_umask(fd: int) -> None:
+  """Gives a mkstemp file (always 0600) the mode open() would: 0666 & ~umask.
+
+  Without it another user's reader (predict, a shared cluster folder) gets
+  PermissionError on files whose shards beside them are readable.
+  """
+  with _UMASK_LOCK:  # umask can only be read by setting it
+    mask = os.umask(0o022)
+    os.umask(mask)
+  os.fchmod(fd, 0o666 & ~mask)
+
+
 def write_json_atomic(path: os.PathLike | str, obj: Any) -> None:
   """Writes JSON to a temp file in the same folder, then renames it."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
   try:
+    honour_umask(fd)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       json.dump(obj, f, indent=2, sort_keys=True, ensure_ascii=False)
       f.write("\n")
