@@ -515,7 +515,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
   print(summary.line(args.output))
   faces = summary.info.get("faces", {})
-  if faces.get("no_face"):
+  if not args.detect:
+    print("  detection off (--no-detect): every image has a whole-image box")
+  elif faces.get("no_face"):
     print(
       f"  {faces['no_face']} images without a detected face kept a "
       "whole-image box (dataset_info.json 'faces.no_face_images')"
