@@ -15,12 +15,22 @@ loop can keep consuming batches meanwhile. Orbax writes each step into
 '<step>.orbax-checkpoint-tmp*' and renames it when complete, so a save
 interrupted by kill -9 never looks like a checkpoint; `Checkpointer` lists
 such leftovers at start-up (`incomplete`), logs them, and Orbax removes them.
+
+Faults: a save that fails (disk full, read-only folder) raises one
+CheckpointError naming the step, the folder and the root cause, instead of
+Orbax's background-thread traceback. A checkpoint that cannot be restored
+(a data file missing or corrupt) is skipped with a warning naming it, and the
+previous good one is used (`restore_latest_good`, and `restore_for_eval` for
+'best'/'latest'); training moves it aside to WORKDIR/damaged_checkpoints/ so
+that the step can be written again.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import shutil
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,8 +45,41 @@ from asrid_jax import sharding as sharding_lib
 from asrid_jax import train_state
 
 METRIC = "val_logloss"
+DAMAGED_DIR = "damaged_checkpoints"
 _TMP_MARK = ".orbax-checkpoint-tmp"
 _pp = ocp.checkpoint_managers
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be written or read; the message says why."""
+
+
+def root_cause(exc: BaseException) -> str:
+  """The innermost OSError of an exception chain (else the exception)."""
+  seen, found, e = set(), None, exc
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError):
+      found = e
+    e = e.__cause__ or e.__context__
+  best = found or exc
+  if isinstance(best, OSError) and best.strerror:
+    where = f" ({best.filename})" if best.filename else ""
+    return f"{best.strerror}{where}"
+  text = str(best).strip().splitlines()
+  return f"{type(best).__name__}: {text[0] if text else ''}"
+
+
+def parse_which(text: str | int) -> str | int:
+  """'best' | 'latest' | a step number; ValueError otherwise."""
+  if isinstance(text, int) or text in ("best", "latest"):
+    return text
+  try:
+    return int(text)
+  except (TypeError, ValueError):
+    raise ValueError(
+      f"--checkpoint={text!r}: must be best, latest or a step number"
+    ) from None
 
 
 class _IteratorSnapshot:
@@ -149,7 +192,9 @@ class Checkpointer:
         logging.warning("no checkpoint has %s; using the latest", METRIC)
         return max(steps)
       return best
-    step = int(which)
+    step = parse_which(which)
+    if not isinstance(step, int):
+      return self.resolve(step)
     if step not in steps:
       raise FileNotFoundError(
         f"no checkpoint for step {step} in {self.directory}; have {steps}"
@@ -179,12 +224,49 @@ class Checkpointer:
       items["data"] = grain.checkpoint.CheckpointSave(snap)
     if config is not None:
       items["config"] = ocp.args.JsonSave(json.loads(config.to_json()))
-    return self.manager.save(
-      step,
-      args=ocp.args.Composite(**items),
-      metrics=dict(metrics) if metrics else None,
-      force=force,
-    )
+    try:
+      # Also raises a failure of the previous async save.
+      return self.manager.save(
+        step,
+        args=ocp.args.Composite(**items),
+        metrics=dict(metrics) if metrics else None,
+        force=force,
+      )
+    except Exception as e:  # noqa: BLE001 (Orbax/TensorStore raise many types)
+      raise CheckpointError(
+        f"checkpoint save (step {step}) in {self.directory} failed: "
+        f"{root_cause(e)}"
+      ) from e
+
+  def restore_latest_good(
+    self, abstract_state: Mapping[str, Any], data_iter: Any = None
+  ) -> tuple[int, dict[str, Any]] | tuple[None, None]:
+    """(step, state) of the newest checkpoint that restores; (None, None)
+    when there is none. Damaged ones are moved aside, with a warning."""
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        return step, self.restore(step, abstract_state, data_iter)
+      except Exception as e:  # noqa: BLE001 (TensorStore, Orbax, OSError...)
+        moved = self._move_aside(step)
+        logging.warning(
+          "checkpoint step %d in %s is damaged (%s); moved to %s, falling "
+          "back to the previous one",
+          step,
+          self.directory,
+          root_cause(e),
+          moved,
+        )
+    if self.all_steps():
+      raise CheckpointError(f"no checkpoint in {self.directory} restores")
+    return None, None
+
+  def _move_aside(self, step: int) -> pathlib.Path:
+    target = self.directory.parent / DAMAGED_DIR / f"{step}-{int(time.time())}"
+    if jax.process_index() == 0:  # one mover on a shared file system
+      target.parent.mkdir(parents=True, exist_ok=True)
+      shutil.move(str(self.directory / str(step)), str(target))
+    self.manager.reload()
+    return target
 
   def restore(
     self, step: int, abstract_state: Mapping[str, Any], data_iter: Any = None
@@ -231,11 +313,43 @@ class Checkpointer:
       return False
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(
+        f"checkpoint save in {self.directory} failed: {root_cause(e)}"
+      ) from e
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the last save, then closes; a failed save raises once."""
+    try:
+      self.wait()
+    finally:
+      try:
+        self.manager.close()
+      except Exception as e:  # noqa: BLE001 (already reported by wait())
+        logging.warning("closing the checkpoint manager: %s", root_cause(e))
+
+
+def saved_config(
+  workdir: str | pathlib.Path,
+) -> tuple[int, ml_collections.ConfigDict] | None:
+  """(step, config) of the newest checkpoint whose config reads; None if none.
+
+  A relaunch compares its config with this before anything is compiled.
+  """
+  if not (pathlib.Path(workdir) / "checkpoints").is_dir():
+    return None
+  ckpt = Checkpointer(workdir, read_only=True)
+  try:
+    for step in sorted(ckpt.all_steps(), reverse=True):
+      try:
+        return step, ckpt.config(step)
+      except Exception as e:  # noqa: BLE001 (a damaged step: try the next)
+        logging.warning("checkpoint step %d: config unreadable (%s)", step, e)
+    return None
+  finally:
+    ckpt.close()
 
 
 def _abstract(tree: Mapping[str, Any], shard: Any) -> dict:
@@ -260,7 +374,42 @@ def restore_for_eval(
   checkpoint has them.
   """
   ckpt = Checkpointer(workdir, read_only=True)
-  step = ckpt.resolve(which)
+  which = parse_which(which)
+  first = ckpt.resolve(which)
+  # 'best'/'latest' fall back to the next newest good checkpoint; an
+  # explicit step fails in one line.
+  order = [first]
+  if not isinstance(which, int):
+    order += sorted((s for s in ckpt.all_steps() if s != first), reverse=True)
+  errors = []
+  for step in order:
+    try:
+      result = _restore_step(ckpt, step, mesh, use_ema)
+    except Exception as e:  # noqa: BLE001 (TensorStore, Orbax, OSError...)
+      errors.append(f"step {step}: {root_cause(e)}")
+      logging.warning(
+        "checkpoint step %d in %s is damaged (%s)%s",
+        step,
+        ckpt.directory,
+        root_cause(e),
+        "; trying the previous one" if step != order[-1] else "",
+      )
+      continue
+    ckpt.close()
+    if errors:
+      logging.warning(
+        "using step %d instead of damaged %s", step, "; ".join(errors)
+      )
+    logging.info("restored step %d from %s", step, workdir)
+    return result
+  ckpt.close()
+  raise CheckpointError(
+    f"{ckpt.directory}: no usable checkpoint for {which!r}: "
+    + "; ".join(errors)
+  )
+
+
+def _restore_step(ckpt, step, mesh, use_ema):
   config = ckpt.config(step)
   if mesh is None:
     mesh = sharding_lib.make_mesh([("data", -1)])
@@ -279,14 +428,12 @@ def restore_for_eval(
   if ckpt.has_ema(step):
     target["ema"] = _abstract(params, p_shard)
   restored = ckpt.restore_model(step, target)
-  ckpt.close()
   chosen = (
     restored["ema"] if use_ema and "ema" in restored else restored["params"]
   )
   logging.info(
-    "restored step %d from %s (%s parameters)",
+    "step %d: %s parameters",
     step,
-    workdir,
     "EMA" if chosen is restored.get("ema") else "raw",
   )
   model = spec.merge(chosen, restored["model_state"], train=False)

@@ -197,10 +197,14 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no such weights file")
+  if path.stat().st_size == 0:
+    raise ConversionError(f"{path}: empty file (0 bytes), not a torch file")
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises several unrelated types here.
-    raise ConversionError(f"{path}: cannot load as a torch file: {e}") from e
+    # Never pass on torch's advice to retry with weights_only=False: that
+    # runs whatever code a pickle carries.
+    raise ConversionError(f"{path}: {_not_loadable(path)}") from e
   if not isinstance(obj, Mapping):
     raise ConversionError(
       f"{path}: expected a state_dict (a mapping), got {type(obj).__name__}"
@@ -211,7 +215,36 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not isinstance(value, torch.Tensor):
       raise ConversionError(f"{path}: entry {key!r} is not a tensor")
     out[key] = value.detach().to(torch.float32).numpy()
+    if not np.isfinite(out[key]).all():
+      bad = int((~np.isfinite(out[key])).sum())
+      raise ConversionError(
+        f"{path}: tensor {key!r} has {bad} non-finite value(s) (NaN/inf) "
+        f"of {out[key].size}; refusing to convert damaged weights"
+      )
   return out
+
+
+def _not_loadable(path: pathlib.Path) -> str:
+  """What a file that torch's safe loader refused is, for the message."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+
+  with open(path, "rb") as f:
+    head = f.read(2)
+  if zipfile.is_zipfile(path):
+    return (
+      "a zip file but not a torch.save state_dict of tensors (or one holding "
+      "other objects, which the safe loader does not run); not converted"
+    )
+  if head[:1] == b"\x80":
+    return (
+      "a pickle holding more than tensors; it is not loaded, because "
+      "unpickling it could run arbitrary code. Save a plain state_dict "
+      "(torch.save(model.state_dict(), path)) and convert that"
+    )
+  return (
+    "not a torch file (neither torch.save's zip format nor a pickle); "
+    "expected a torchvision mobilenet_v3_small state_dict (.pth)"
+  )
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -369,6 +402,15 @@ def main(argv: list[str] | None = None) -> int:
     )
   except (ConversionError, FileNotFoundError, FileExistsError) as e:
     print(f"error: {e}", file=sys.stderr)
+    return 1
+  except OSError as e:
+    # Read-only, immutable or full output folder: one line, not a traceback.
+    # save_converted writes to a temp sibling, so nothing half-written stays.
+    print(
+      f"error: {e.filename or args.out}: {e.strerror or e}; {args.out} was "
+      "not written (an existing one is kept as it was)",
+      file=sys.stderr,
+    )
     return 1
   print(f"wrote {out}")
   return 0

@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +30,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from asrid_jax import checkpoint as ckpt_lib
-from asrid_jax import reporting
+from asrid_jax import locks, reporting, train_checks
 from asrid_jax import sharding as sharding_lib
 from asrid_jax import step as step_lib
 from configs import common as config_common
@@ -112,6 +113,35 @@ def _check_finite(step: int, metrics: dict[str, float]) -> None:
       )
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [
+    jax.numpy.isfinite(x).all()
+    for x in jax.tree.leaves(tree)
+    if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)
+  ]
+  return jax.numpy.stack(leaves).all() if leaves else jax.numpy.bool_(True)
+
+
+def _check_pending(pending: list[tuple[int, dict]], state, step: int) -> None:
+  """Losses, gradient norms and parameters are finite: run before every save.
+
+  A NaN state is then never checkpointed (every relaunch would resume it),
+  also when checkpoint_every is not a multiple of log_every, and also when
+  the step's loss was still finite but its update was not.
+  """
+  for s, m in jax.device_get(pending):
+    values = {k: float(v) for k, v in m["loss"].items()}
+    if "grad_norm" in m.get("opt", {}):
+      values["grad_norm"] = float(m["opt"]["grad_norm"])
+    _check_finite(s, values)
+  if not bool(jax.device_get(_all_finite(state["params"]))):
+    raise FloatingPointError(
+      f"non-finite parameters after step {step}; stopping without saving "
+      "them (the last checkpoint is intact)"
+    )
+
+
 def _evaluate(config, model, mesh) -> dict[str, float]:
   """Validation metrics (video level) of `model` via asrid_jax.evaluate."""
   from asrid_jax import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
@@ -149,15 +179,47 @@ def train_and_evaluate(
     workdir: checkpoints/, tensorboard/, and a config.json copy.
     on_step: called with the step number after every step (tests use it to
       raise signals at an exact step).
+
+  Raises:
+    train_checks.ConfigError: a bad config or data, or a relaunch that
+      changes the architecture (before anything is compiled).
+    locks.BusyError: another trainer holds this workdir.
+    ckpt_lib.CheckpointError: a save failed (disk full...).
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  # One trainer per workdir (per process index on multi-host): two would
+  # race on Orbax's checkpoint cleanup.
+  lock = locks.take_lock(
+    workdir / f"lock.p{jax.process_index()}", f"training workdir {workdir}"
+  )
+  try:
+    return _train_locked(config, workdir, on_step)
+  finally:
+    lock.close()
+
+
+def _train_locked(config, workdir, on_step) -> dict[str, Any]:
   main_process = jax.process_index() == 0
   jax.config.update("jax_threefry_partitionable", True)
 
   # ------------------------------------------------------------- Mesh
   mesh = sharding_lib.make_mesh(config.mesh)
+  checks = train_checks.validate(config, sharding_lib.data_parallel_size(mesh))
   seed = config_common.derive_seed(config)
+  saved = ckpt_lib.saved_config(workdir)
+  if saved is not None:
+    saved_step, saved_config = saved
+    train_checks.check_relaunch(
+      config, saved_config, saved_step, workdir, record=main_process
+    )
+    # The run's seed is the first launch's (unless one is given): a changed
+    # lr or step count must not silently change the random streams.
+    if config.get("seed") is None:
+      seed = saved_config.get("seed") or config_common.derive_seed(saved_config)
+  # Recorded in config.json and every checkpoint's config, so later
+  # relaunches find it whatever else changed.
+  config.seed = seed
   logging.info(
     "mesh %s over %d processes; seed %d",
     dict(mesh.shape),
@@ -192,10 +254,10 @@ def train_and_evaluate(
     keep=config.keep_checkpoints,
     async_save=config.get("async_checkpoints", True),
   )
-  start = ckpt.latest_step()
+  # Resume order: own checkpoint (the newest that restores; damaged ones
+  # are moved aside with a warning) > config.model_init > scratch.
+  start, state = ckpt.restore_latest_good(trainer.abstract_state(), train_iter)
   if start is not None:
-    # Resume order: own checkpoint > config.model_init > scratch.
-    state = ckpt.restore(start, trainer.abstract_state(), train_iter)
     logging.info("resumed from %s at step %d", ckpt.directory, start)
   else:
     start = 0
@@ -264,7 +326,7 @@ def train_and_evaluate(
         )
         t_log, s_log = now, step
       metrics_for_ckpt = None
-      evals_on = config.eval_every > 0
+      evals_on = checks["evals"]  # False without a validation split
       if evals_on and (step % config.eval_every == 0 or last):
         last_eval = run_eval(state)
         writer.scalars(step, last_eval)
@@ -273,6 +335,7 @@ def train_and_evaluate(
         metrics_for_ckpt = {ckpt_lib.METRIC: last_eval["val/log_loss"]}
       saved = False
       if step % config.checkpoint_every == 0 or metrics_for_ckpt or last:
+        _check_pending(pending, state, step)
         saved = ckpt.save(
           step,
           state,
@@ -285,6 +348,7 @@ def train_and_evaluate(
           os.kill(os.getpid(), signal.SIGKILL)
       if preempt.requested():
         if not saved:
+          _check_pending(pending, state, step)
           ckpt.save(
             step, state, data_iter=train_iter, config=config, force=True
           )
@@ -323,9 +387,64 @@ def main(argv):
   sharding_lib.maybe_initialize_distributed(
     _COORD.value, _NPROC.value, _PID.value
   )
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (
+    train_checks.ConfigError,
+    ckpt_lib.CheckpointError,
+    locks.BusyError,
+    FloatingPointError,
+  ) as e:
+    # One clear answer, not a traceback (the log above has the details).
+    print(f"train: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def _load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """get_config(arg) of 'configs/x.py[:arg]' (to name the known keys)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_config_file", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing; an unknown --config.KEY is one line with the closest keys.
+
+  ml_collections raises AttributeError/KeyError with a 55-line traceback and
+  no suggestion for nested keys.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    error = e
+  overrides = [
+    a[len("--config.") :].split("=", 1)[0]
+    for a in argv[1:]
+    if a.startswith("--config.")
+  ]
+  spec = next(
+    (a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None
+  )
+  if spec is None:
+    raise error
+  config = _load_config_file(spec)
+  known = train_checks.flatten(json.loads(config.to_json()))
+  bad = [
+    k
+    for k in overrides
+    if k not in known and not any(n.startswith(k + ".") for n in known)
+  ]
+  for key in bad or [str(error)]:
+    close = train_checks.closest_keys(key, config)
+    hint = f"; closest: {', '.join(close)}" if close else ""
+    print(f"train: error: unknown config key {key!r}{hint}", file=sys.stderr)
+  sys.exit(2)
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
