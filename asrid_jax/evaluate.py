@@ -72,6 +72,14 @@ def training_priors(data_dir: str, split: str = "train") -> dict[str, float]:
   return out
 
 
+def _check_schema(data_dir) -> None:
+  """Refuses shards whose dataset_info.json has another schema version."""
+  from asrid_jax.data import records
+
+  if (pathlib.Path(data_dir) / records.DATASET_INFO).is_file():
+    records.read_dataset_info(data_dir)  # ValueError naming both versions
+
+
 def _place_on_mesh(model: nnx.Module, mesh: jax.sharding.Mesh) -> None:
   """Replicates on `mesh` any parameter that lives elsewhere (in place).
 
@@ -133,6 +141,7 @@ def evaluate(
   if data_dir is not None:
     data_config["dir"] = data_dir
   data_dir = data_config["dir"]
+  _check_schema(data_dir)
   if mesh is None:
     mesh = sharding_lib.make_mesh(config.mesh)
   eval_config = dict(config.get("eval") or {})
@@ -267,6 +276,15 @@ def _clip_arg(text: str) -> tuple[float, float]:
   return float(lo), float(hi)
 
 
+def _checkpoint_arg(text: str) -> str | int:
+  from asrid_jax import checkpoint as checkpoint_lib
+
+  try:
+    return checkpoint_lib.parse_which(text)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
     prog="python -m asrid_jax.evaluate",
@@ -276,7 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
   a = p.add_argument
   a("--workdir", required=True, help="training workdir (has checkpoints/)")
   a("--split", default="test", help="train, val or test (default test)")
-  a("--checkpoint", default="best", help="best, latest or a step number")
+  a(
+    "--checkpoint",
+    default="best",
+    type=_checkpoint_arg,
+    help="best, latest or a step number",
+  )
   a("--out", default=None, help="default WORKDIR/eval_<split>_<step>")
   a("--data_dir", default=None, help="shards (default: the config's)")
   a("--batch_size", type=int, default=None, help="default config.eval's")
@@ -328,8 +351,10 @@ def run(args: argparse.Namespace) -> tuple[EvalResult, dict[str, pathlib.Path]]:
   step = ckpt.resolve(args.checkpoint)
   mesh = eval_mesh(ckpt.config(step), args.devices)
   ckpt.close()
+  # By name, not by the resolved step: 'best'/'latest' then fall back to
+  # the previous good checkpoint when that one is damaged.
   config, model, step = checkpoint_lib.restore_for_eval(
-    workdir, step, mesh, use_ema=args.ema
+    workdir, args.checkpoint, mesh, use_ema=args.ema
   )
   confident = {}
   if args.min_fake_count is not None:
@@ -359,6 +384,8 @@ def run(args: argparse.Namespace) -> tuple[EvalResult, dict[str, pathlib.Path]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+  from asrid_jax import checkpoint as checkpoint_lib
+
   args = build_parser().parse_args(argv)
   logging.set_verbosity(logging.WARNING)
   reporting.quiet_library_logs()
@@ -369,7 +396,11 @@ def main(argv: list[str] | None = None) -> int:
     flags.FLAGS.mark_as_parsed()
   try:
     result, paths = run(args)
-  except (FileNotFoundError, ValueError) as e:
+  except (
+    FileNotFoundError,
+    ValueError,
+    checkpoint_lib.CheckpointError,  # no usable checkpoint
+  ) as e:
     print(f"evaluate: error: {e}", file=sys.stderr)
     return 1
   if jax.process_index() == 0:

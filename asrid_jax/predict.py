@@ -96,10 +96,13 @@ def find_videos(
   for item in inputs:
     path = pathlib.Path(item)
     if path.is_dir():
+      # A broken or looping symlink with a video name is kept: it gets the
+      # fallback and its reason, instead of silently missing from the CSV.
       files = sorted(
         p
         for p in path.rglob("*")
-        if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+        if p.suffix.lower() in VIDEO_SUFFIXES
+        and (p.is_file() or p.is_symlink())
       )
       if not files:
         logging.warning(
@@ -234,6 +237,9 @@ class PredictOptions:
   heatmap_dir: pathlib.Path | None = None
   heatmap_frames: int = 4  # rows per face track in a heatmap
   heatmap_tile: int = 192
+  # Heatmap file names already taken in this run ('sub/x.mp4' and
+  # 'sub__x.mp4' would both flatten to 'sub__x').
+  heatmap_names: set = dataclasses.field(default_factory=set)
 
 
 def predict_video(
@@ -293,11 +299,7 @@ def predict_video(
         crops, maps, captions, tile=options.heatmap_tile
       )
       result.heatmap = heatmaps.write_png(
-        options.heatmap_dir
-        / (
-          pathlib.Path(filename).with_suffix("").as_posix().replace("/", "__")
-          + ".png"
-        ),
+        options.heatmap_dir / heatmap_name(filename, options.heatmap_names),
         grid,
       )
   except Exception as e:  # noqa: BLE001 -- one video must not stop the run
@@ -307,6 +309,17 @@ def predict_video(
   finally:
     result.timings["total"] = time.perf_counter() - start
   return result
+
+
+def heatmap_name(filename: str, taken: set) -> str:
+  """A flat PNG name for `filename`, unique among `taken` (updated)."""
+  base = pathlib.Path(filename).with_suffix("").as_posix().replace("/", "__")
+  name, n = base, 1
+  while name in taken:
+    n += 1
+    name = f"{base}-{n}"
+  taken.add(name)
+  return name + ".png"
 
 
 def predict_videos(
@@ -345,7 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
   a = p.add_argument
   a("inputs", nargs="+", metavar="VIDEO_OR_DIR")
   a("--workdir", required=True, help="training workdir (has checkpoints/)")
-  a("--checkpoint", default="best", help="best, latest or a step number")
+  a(
+    "--checkpoint",
+    default="best",
+    type=_checkpoint_arg,
+    help="best, latest or a step number",
+  )
   a("--out", default=None, help="default WORKDIR/predict")
   a("--heatmaps", action="store_true", help="write heatmaps/<video>.png")
   a("--heatmap_frames", type=int, default=4, help="rows per face track")
@@ -371,6 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
     help="use EMA weights when present (default: config.eval.use_ema)",
   )
   return p
+
+
+def _checkpoint_arg(text: str) -> str | int:
+  from asrid_jax import checkpoint as checkpoint_lib
+
+  try:
+    return checkpoint_lib.parse_which(text)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _dataset_info(data_dir: str) -> dict | None:
@@ -465,12 +492,18 @@ def run(args: argparse.Namespace) -> tuple[list[VideoPrediction], dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+  from asrid_jax import checkpoint as checkpoint_lib
+
   args = build_parser().parse_args(argv)
   logging.set_verbosity(logging.WARNING)
   reporting.quiet_library_logs()
   try:
     results, meta = run(args)
-  except (FileNotFoundError, ValueError) as e:
+  except (
+    FileNotFoundError,
+    ValueError,
+    checkpoint_lib.CheckpointError,  # no usable checkpoint
+  ) as e:
     print(f"predict: error: {e}", file=sys.stderr)
     return 1
   print(
