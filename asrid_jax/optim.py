@@ -13,6 +13,13 @@ Parameters are a flat dict keyed by '/'-joined module paths (see
 parameters frozen by the config (frozen-BN scale/bias) get a zero update and no
 weight decay.
 
+Weight decay (AdamW's decoupled term) applies to kernels only: biases and
+BatchNorm/LayerNorm scales are not decayed (decaying a norm scale shrinks the
+layer's output for no regularising gain), and neither are parameters that the
+loss never reaches (`decay` from `step.Trainer`: with a zero gradient, AdamW
+would only pull them to zero). The mask is applied inside each AdamW, so the
+optimizer state keeps the same leaves as without it and old checkpoints load.
+
 Reduce-on-plateau is fed by the VALIDATION loss, not by the training loss: the
 train step only multiplies updates by the current scale (state untouched), and
 `feed_validation_loss(opt_state, loss)` runs optax's plateau update once per
@@ -104,6 +111,15 @@ def make_schedule(
   raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
 
 
+NO_DECAY_SUFFIXES = ("bias", "scale")
+
+
+def default_decay(key: str) -> bool:
+  """Whether a parameter is weight-decayed by name: kernels yes, biases and
+  norm scales no."""
+  return key.rsplit("/", 1)[-1] not in NO_DECAY_SUFFIXES
+
+
 def param_labels(
   params: Mapping[str, Any],
   *,
@@ -156,9 +172,19 @@ class Optimizer(NamedTuple):
 
 
 def make_optimizer(
-  optim: Mapping[str, Any], total_steps: int, labels: Mapping[str, str]
+  optim: Mapping[str, Any],
+  total_steps: int,
+  labels: Mapping[str, str],
+  decay: Mapping[str, bool] | None = None,
 ) -> Optimizer:
-  """Builds the chain described in the module docstring from config.optim."""
+  """Builds the chain described in the module docstring from config.optim.
+
+  Args:
+    optim: config.optim.
+    total_steps: optimizer updates of the run.
+    labels: `param_labels` of the flat parameter dict.
+    decay: flat key -> whether AdamW decays it; default `default_decay`.
+  """
   name = optim.get("name", "adamw")
   if name != "adamw":
     raise ValueError(f"config.optim.name {name!r}: only 'adamw' is supported")
@@ -167,6 +193,16 @@ def make_optimizer(
   schedule = make_schedule(lr, sched_cfg, total_steps)
   mult = float(optim.get("backbone_lr_mult", 1.0))
 
+  def decay_mask(tree: Mapping[str, Any]) -> dict[str, Any]:
+    # multi_transform hands each group the full dict with the other groups'
+    # leaves replaced by MaskedNode; those keep their placeholder.
+    return {
+      k: v
+      if isinstance(v, optax.MaskedNode)
+      else (decay[k] if decay is not None else default_decay(k))
+      for k, v in tree.items()
+    }
+
   def adamw(fn: Callable[[Any], Any]) -> optax.GradientTransformation:
     return optax.adamw(
       fn,
@@ -174,6 +210,7 @@ def make_optimizer(
       b2=float(optim.get("b2", 0.999)),
       eps=float(optim.get("eps", 1e-8)),
       weight_decay=float(optim.get("weight_decay", 0.01)),
+      mask=decay_mask,
     )
 
   groups = {

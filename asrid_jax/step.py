@@ -21,6 +21,11 @@ micro-batches INSIDE the step, not optax.MultiSteps:
     are alive at a time.
 Loss: config.loss -> `losses.asrid_loss` (w * static + (1 - w) * dynamic +
 aux_weight * aux). Dropout keys: fold_in(rng, step) then fold_in(., micro).
+
+Parameters frozen by config.optim.freeze, and parameters the loss never
+reaches (found once from the loss's jaxpr, e.g. heads a variant does not use),
+are not trainable: their gradients are zeroed before the global-norm clip and
+the logged `grad_norm`, and AdamW does not decay them.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.extend.core as jex_core
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -41,6 +48,48 @@ from jax.sharding import PartitionSpec as P
 from asrid_jax import losses, optim, train_state
 from asrid_jax import sharding as sharding_lib
 from asrid_jax.models import asrid as asrid_lib
+
+
+def _live_inputs(jaxpr: jex_core.Jaxpr, live_out: list[bool]) -> list[bool]:
+  """Which inputs of `jaxpr` can affect the outputs flagged in `live_out`.
+
+  Backward liveness over the equations; a nested jit is analysed
+  inside, any other primitive with a live output counts all its inputs as
+  live (conservative: an input reported dead is never read by a live output).
+  """
+  live = {v for v, on in zip(jaxpr.outvars, live_out, strict=True) if on}
+  live = {v for v in live if isinstance(v, jex_core.Var)}
+  for eqn in reversed(jaxpr.eqns):
+    outs = [v in live for v in eqn.outvars]
+    if not any(outs):
+      continue
+    nested = eqn.primitive.name in ("pjit", "jit")  # renamed in jax 0.7
+    inner = eqn.params.get("jaxpr") if nested else None
+    if inner is not None:
+      used = _live_inputs(inner.jaxpr, outs)
+    else:
+      used = [True] * len(eqn.invars)
+    live.update(
+      v
+      for v, u in zip(eqn.invars, used, strict=True)
+      if u and isinstance(v, jex_core.Var)
+    )
+  return [v in live for v in jaxpr.invars]
+
+
+def params_without_gradient(loss_fn, params: Mapping[str, Any], *args) -> set:
+  """Flat keys of `params` that output 0 of `loss_fn(params, *args)` never
+  reads (their gradient is identically zero). Traces, does not compute."""
+  closed = jax.make_jaxpr(loss_fn)(dict(params), *args)
+  flat, _ = jax.tree_util.tree_flatten_with_path(dict(params))
+  num_out = len(closed.jaxpr.outvars)
+  live = _live_inputs(closed.jaxpr, [True] + [False] * (num_out - 1))
+  # make_jaxpr's invars are the flattened arguments, params first.
+  return {
+    str(path[0].key)
+    for (path, _), on in zip(flat, live[: len(flat)], strict=True)
+    if not on
+  }
 
 
 def _opt_shardings(opt_abstract, param_sh: Mapping[str, NamedSharding], repl):
@@ -58,6 +107,17 @@ def _opt_shardings(opt_abstract, param_sh: Mapping[str, NamedSharding], repl):
   return jax.tree_util.tree_map_with_path(pick, opt_abstract)
 
 
+def _abstract_batch(config) -> tuple[jax.ShapeDtypeStruct, ...]:
+  """(images, labels) shapes of a train batch, for tracing only."""
+  data = config.data
+  t = 1 if data.get("sampling", "video") == "picture" else data.clip_len
+  size = data.image_size
+  return (
+    jax.ShapeDtypeStruct((2, t, size, size, 3), jnp.uint8),
+    jax.ShapeDtypeStruct((2,), jnp.int32),
+  )
+
+
 class Trainer:
   """Model spec, optimizer, shardings and the jitted step of one run."""
 
@@ -73,10 +133,28 @@ class Trainer:
     self._param_shapes = params
     freeze = [re.compile(r) for r in config.optim.get("freeze", [])]
     frozen = frozenset(k for k in params if any(r.search(k) for r in freeze))
+    self.no_gradient = frozenset(
+      params_without_gradient(
+        lambda p, r, x, y, k: self._loss(p, r, x, y, k)[0],
+        params,
+        rest,
+        *_abstract_batch(config),
+        jax.random.key(0),
+      )
+    )
+    if self.no_gradient:
+      logging.info(
+        "%d parameter arrays never reach the loss (not decayed, not in "
+        "|g|): %s ...",
+        len(self.no_gradient),
+        sorted(self.no_gradient)[:3],
+      )
+    self.trainable = frozenset(params) - frozen - self.no_gradient
     self.opt = optim.make_optimizer(
       config.optim,
       config.total_steps,
       optim.param_labels(params, frozen=frozen),
+      decay={k: k in self.trainable and optim.default_decay(k) for k in params},
     )
     self.repl = sharding_lib.replicated(mesh)
     self.batch_sharding = sharding_lib.batch_sharding(mesh)
@@ -267,6 +345,11 @@ class Trainer:
       )
       grads = jax.tree.map(lambda g: g / a, grads)
       terms = jax.tree.map(lambda t: t / a, terms)
+    # Frozen and unreached parameters must not count in the clip or |g|.
+    grads = {
+      k: g if k in self.trainable else jnp.zeros_like(g)
+      for k, g in grads.items()
+    }
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = self.opt.tx.update(grads, state["opt"], params)
     new_params = optax.apply_updates(params, updates)

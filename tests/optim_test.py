@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from asrid_jax import optim
@@ -144,3 +145,33 @@ def test_ema_update_numbers():
   # large step: decay_t = 0.99 -> 0.01
   out = optim.ema_update(ema, p, 0.99, 10_000)
   np.testing.assert_allclose(out["w"], [0.01], rtol=1e-5)
+
+
+def test_adamw_does_not_decay_biases_norm_scales_or_masked_keys():
+  params = {
+    "head/fc/kernel": jnp.full((2, 2), 2.0),
+    "head/fc/bias": jnp.full((2,), 2.0),
+    "head/norm/scale": jnp.full((2,), 2.0),
+    "head/unused/kernel": jnp.full((2, 2), 2.0),
+  }
+  labels = optim.param_labels(params)
+  cfg = dict(lr=0.1, weight_decay=0.5, schedule=dict(name="constant"))
+  zero = {k: jnp.zeros_like(v) for k, v in params.items()}
+  decay = {k: optim.default_decay(k) for k in params}
+  decay["head/unused/kernel"] = False  # e.g. never reached by the loss
+  opt = optim.make_optimizer(cfg, 10, labels, decay=decay)
+  updates, _ = opt.tx.update(zero, opt.tx.init(params), params)
+  # Zero gradient: the update is the decoupled decay -lr * wd * p alone.
+  np.testing.assert_allclose(updates["head/fc/kernel"], -0.1, rtol=1e-6)
+  for k in ("head/fc/bias", "head/norm/scale", "head/unused/kernel"):
+    np.testing.assert_array_equal(updates[k], 0.0, err_msg=k)
+  # The mask adds no optimizer-state leaves (old checkpoints still load).
+  plain = optax.chain(
+    optax.multi_transform({"heads": optax.adamw(opt.schedule)}, labels)
+  )
+
+  def paths(state):
+    flat, _ = jax.tree_util.tree_flatten_with_path(state)
+    return [jax.tree_util.keystr(p) for p, _ in flat]
+
+  assert paths(opt.tx.init(params)) == paths(plain.init(params))

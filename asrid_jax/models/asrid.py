@@ -24,7 +24,12 @@ backbone, so BatchNorm statistics cover all frames of the batch.
 
 Attention variants without Mix read the backbone only up to its stride-16
 tap: its stride-32 stage and last conv (features[9:], 736k of its 927k
-parameters) get zero gradients there, and XLA drops their compute under jit.
+parameters) get zero gradients there (the train step finds them and neither
+decays them nor counts them in |g|). XLA drops their compute only in eval
+mode: in training their BatchNorm layers still update running statistics,
+which are outputs of the step, so the stage is computed (its cost is small:
+about 1/16 of the stride-8 map's positions). The full backbone is kept so
+checkpoints and torchvision weights keep one layout across variants.
 
 Parameter groups (attribute names, for per-group learning rates and tests):
 backbone, attention, mix, static_head, dynamic_head (absent ones are None).
