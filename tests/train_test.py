@@ -259,3 +259,47 @@ def test_grad_accumulation_equals_full_batch(env):
 def test_nonfinite_loss_names_step_and_term():
   with pytest.raises(FloatingPointError, match="step 7: term 'dynamic'"):
     train._check_finite(7, {"static": 0.5, "dynamic": float("nan")})
+
+
+def test_validation_summary_logs_auc(monkeypatch):
+  from asrid_jax import evaluate as eval_lib
+
+  video = {"log_loss": 0.4, "accuracy": 0.75, "roc_auc": 0.8125}
+  video["prior"] = {"log_loss": 0.69}
+  result = types.SimpleNamespace(metrics={"video": video})
+  monkeypatch.setattr(eval_lib, "evaluate", lambda *a, **k: result)
+  config = types.SimpleNamespace(get=lambda k, d=None: d)
+  out = train._evaluate(config, None, None)
+  assert out["val/auc"] == 0.8125
+  assert out["val/log_loss"] == 0.4 and out["val/prior_log_loss"] == 0.69
+  video["roc_auc"] = float("nan")  # one-class split: no AUC, no NaN logged
+  assert "val/auc" not in train._evaluate(config, None, None)
+
+
+def test_multiprocess_preemption_check_is_not_per_step(monkeypatch):
+  from jax.experimental import multihost_utils
+
+  calls = []
+
+  def allgather(x):
+    calls.append(int(x))
+    return np.asarray([x, 0])
+
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
+  preempt = train._Preemption(check_every=5)
+  try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    stops = [s for s in range(1, 13) if preempt.requested(s)]
+    assert stops == [5, 10]  # the flag is seen only at check steps
+    assert calls == [1, 1] and preempt.collectives == 2
+    assert preempt.requested(13, force=True) and len(calls) == 3
+  finally:
+    preempt.restore()
+  monkeypatch.setattr(jax, "process_count", lambda: 1)
+  single = train._Preemption(check_every=5)
+  try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert single.requested(1) and len(calls) == 3  # no collective
+  finally:
+    single.restore()
