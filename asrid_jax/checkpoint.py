@@ -336,20 +336,25 @@ def saved_config(
 ) -> tuple[int, ml_collections.ConfigDict] | None:
   """(step, config) of the newest checkpoint whose config reads; None if none.
 
-  A relaunch compares its config with this before anything is compiled.
+  A relaunch compares its config with this before anything is compiled. It
+  reads the files directly (`<step>/config/metadata`, what JsonSave writes):
+  an Orbax manager here would add a multi-process barrier that processes
+  could reach in different orders.
   """
-  if not (pathlib.Path(workdir) / "checkpoints").is_dir():
+  directory = pathlib.Path(workdir) / "checkpoints"
+  if not directory.is_dir():
     return None
-  ckpt = Checkpointer(workdir, read_only=True)
-  try:
-    for step in sorted(ckpt.all_steps(), reverse=True):
-      try:
-        return step, ckpt.config(step)
-      except Exception as e:  # noqa: BLE001 (a damaged step: try the next)
-        logging.warning("checkpoint step %d: config unreadable (%s)", step, e)
-    return None
-  finally:
-    ckpt.close()
+  steps = sorted(
+    (int(p.name) for p in directory.iterdir() if p.name.isdigit()),
+    reverse=True,
+  )
+  for step in steps:
+    path = directory / str(step) / "config" / "metadata"
+    try:
+      return step, ml_collections.ConfigDict(json.loads(path.read_text()))
+    except (OSError, ValueError) as e:  # a damaged step: try the next
+      logging.warning("checkpoint step %d: config unreadable (%s)", step, e)
+  return None
 
 
 def _abstract(tree: Mapping[str, Any], shard: Any) -> dict:
