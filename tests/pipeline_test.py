@@ -81,7 +81,7 @@ def test_meta_cache_is_built_once_and_invalidated(
   d = tmp_path / "copy"
   shutil.copytree(data_dir, d)
   for p in d.rglob("*" + index_lib.META_SUFFIX):
-    p.unlink()
+    p.unlink()  # as shards written before metadata came with them
   first = index_lib.load_split_index(d, "val")
   metas = sorted((d / "val").glob("*" + index_lib.META_SUFFIX))
   assert len(metas) == len(records.list_shards(d, "val"))
@@ -93,9 +93,18 @@ def test_meta_cache_is_built_once_and_invalidated(
   index_lib._CACHE.clear()
   again = index_lib.load_split_index(d, "val")
   np.testing.assert_array_equal(first.track_records, again.track_records)
-  # A rewritten shard (new mtime) makes its cache stale: it is parsed again.
+  # A touched (or copied) shard keeps its cache: validity is its content.
   shard = records.list_shards(d, "val")[0]
   os.utime(shard, ns=(1, 1))
+  index_lib._CACHE.clear()
+  index_lib.load_split_index(d, "val")
+  # A shard whose content changed (here: one record dropped) is parsed again.
+  recs = list(records.iter_records(shard))
+  meta = records.meta_path(shard).read_bytes()
+  with records.ShardWriter(shard) as w:
+    for data in recs[:-1]:
+      w.write(data)
+  records.meta_path(shard).write_bytes(meta)  # the old shard's metadata
   index_lib._CACHE.clear()
   with pytest.raises(AssertionError, match="re-parsed"):
     index_lib.load_split_index(d, "val")

@@ -140,7 +140,15 @@ def test_unfinished_write_is_invisible(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == [
     "s.tfrecord",
     "s.tfrecord.idx",
+    "s.tfrecord.meta.npz",
   ]
+  # The metadata written with the shard lists its record, and is current.
+  with np.load(tmp_path / "s.tfrecord.meta.npz") as z:
+    assert np.array_equal(
+      z["signature"], records.content_signature(tmp_path / "s.tfrecord")
+    )
+    assert z["video_ids"].tolist() == [make_record(0).video_id]
+    assert z["frame_order"].tolist() == [make_record(0).frame_order]
 
 
 def _flip_byte(path, pos):

@@ -6,10 +6,12 @@ hard, so nothing can raise it back) is set below the number of shards.
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from asrid_jax.data import records, synthetic
@@ -108,3 +110,61 @@ def test_training_input_with_fewer_descriptors_than_shards(many_shards):
   assert int(videos) > int(limit)  # batches came from more shards than fds
   assert int(clips) >= NUM_SHARDS  # the eval pass read every shard
   assert int(cap) <= int(limit) // 4
+
+
+def test_metadata_is_written_with_the_shard_and_survives_a_copy(
+  many_shards, tmp_path, monkeypatch
+):
+  from asrid_jax.data import index as index_lib
+
+  shards = records.list_shards(many_shards, "val")
+  for s in shards:  # written by ShardWriter itself, no index pass needed
+    assert records.meta_path(s).is_file()
+
+  def no_scan(shard):
+    raise AssertionError(f"parsed the records of {shard}")
+
+  monkeypatch.setattr(index_lib, "_scan_shard", no_scan)
+  # A copy with new mtimes (cp without -p, gsutil, staging to local SSD),
+  # then made read-only: start-up still reads no record.
+  copy = tmp_path / "copy"
+  shutil.copytree(many_shards, copy, copy_function=shutil.copyfile)
+  for p in (copy / "val").iterdir():
+    p.chmod(0o444)
+  (copy / "val").chmod(0o555)
+  try:
+    idx = index_lib.load_split_index(copy, "val")
+  finally:
+    (copy / "val").chmod(0o755)
+  truth = [
+    records.FaceRecord.from_bytes(d)
+    for s in shards
+    for d in records.iter_records(s)
+  ]
+  assert idx.num_records == len(truth)
+  np.testing.assert_array_equal(idx.frame_order, [r.frame_order for r in truth])
+  np.testing.assert_array_equal(idx.label, [r.label for r in truth])
+
+
+def test_old_metadata_is_rebuilt_once(many_shards, tmp_path, monkeypatch):
+  from asrid_jax.data import index as index_lib
+
+  d = tmp_path / "old"
+  shutil.copytree(many_shards / "val", d / "val")
+  shard = records.list_shards(d, "val")[0]
+  path = records.meta_path(shard)
+  with np.load(path) as z:
+    old = {k: z[k] for k in z.files}
+  old["signature"] = np.asarray([1, 1, 0, 0, 0, 0], np.int64)  # version 1
+  with open(path, "wb") as f:
+    np.savez(f, **old)
+  scans = []
+  real_scan = index_lib._scan_shard
+  monkeypatch.setattr(
+    index_lib, "_scan_shard", lambda s: scans.append(s) or real_scan(s)
+  )
+  index_lib.load_split_index(d, "val")
+  assert scans == [shard]
+  index_lib._CACHE.clear()
+  index_lib.load_split_index(d, "val")
+  assert scans == [shard]  # rewritten with the current signature

@@ -1,12 +1,19 @@
 """Compact index of a split's shards: who is in which record, cached on disk.
 
 Start-up must not parse every record of a large split (DFDC: millions of
-crops), so each shard gets a small sidecar `<shard>.meta.npz` with one row per
-record: (video, face_index, frame_order, label). It is built once by a
-sequential, checksum-verified scan, written atomically, and rebuilt when the
-shard or its offset index changes (size or mtime differ from the signature
-stored in the cache). A read-only data folder still works: the cache is then
-kept in memory only and a warning says so.
+crops), so each shard has a small sidecar `<shard>.meta.npz` with one row per
+record: (video, face_index, frame_order, label). `records.ShardWriter` writes
+it with the shard (extract_faces, import_faces, the synthetic writer), so
+start-up reads only the offset indexes and these tables, never a record.
+Validity is keyed on content (`records.content_signature`: shard size, index
+size and CRC-32C), so copies and read-only mounts of the data stay valid.
+
+Shards written before that (or whose metadata is missing or stale) are
+rebuilt once by a sequential, checksum-verified scan and the result written
+beside them; `python -m asrid_jax.data.index DATA_DIR` does it ahead of time
+(run it once before a folder becomes a read-only mount or is copied to many
+hosts). On a read-only folder the rebuilt table is kept in memory only and a
+warning says so.
 
 `SplitIndex` joins the shards of a split into global tables: record ids in
 shard order (the ids `source.ShardSource` serves), the sorted video-id table
@@ -19,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import tempfile
+import sys
 import threading
 
 import numpy as np
@@ -28,22 +35,10 @@ from tqdm import tqdm
 
 from asrid_jax.data import records
 
-META_SUFFIX = ".meta.npz"
-# Bump when the cached arrays change meaning; old caches are then rebuilt.
-META_VERSION = 1
-
-
-def meta_path(shard: os.PathLike | str) -> pathlib.Path:
-  return pathlib.Path(str(shard) + META_SUFFIX)
-
-
-def _signature(shard: pathlib.Path) -> np.ndarray:
-  """What invalidates a cache: the shard's and its index's size and mtime."""
-  values = [META_VERSION, records.SCHEMA_VERSION]
-  for path in (shard, records.index_path(shard)):
-    st = path.stat()
-    values += [st.st_size, st.st_mtime_ns]
-  return np.asarray(values, np.int64)
+META_SUFFIX = records.META_SUFFIX
+META_VERSION = records.META_VERSION
+meta_path = records.meta_path
+_signature = records.content_signature
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,15 +82,10 @@ def _scan_shard(shard: pathlib.Path) -> ShardMeta:
 
 
 def _write_meta(path: pathlib.Path, meta: ShardMeta, sig: np.ndarray) -> None:
-  fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-  try:
-    records.honour_umask(fd)  # mkstemp's 0600 would lock out other users
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, signature=sig, **dataclasses.asdict(meta))
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
+  rows = np.stack(
+    [meta.video, meta.face_index, meta.frame_order, meta.label], axis=1
+  )
+  records.write_shard_meta(path, sig, meta.video_ids.tolist(), rows)
 
 
 def load_shard_meta(shard: os.PathLike | str, cache: bool = True) -> ShardMeta:
@@ -110,7 +100,7 @@ def load_shard_meta(shard: os.PathLike | str, cache: bool = True) -> ShardMeta:
           return ShardMeta(
             **{f.name: z[f.name] for f in dataclasses.fields(ShardMeta)}
           )
-      logging.info("%s: stale (shard changed), rebuilding", path)
+      logging.info("%s: stale or from an older version, rebuilding", path)
     except (OSError, ValueError, KeyError) as e:
       logging.warning("%s: unreadable cache (%s), rebuilding", path, e)
   meta = _scan_shard(shard)
@@ -118,7 +108,13 @@ def load_shard_meta(shard: os.PathLike | str, cache: bool = True) -> ShardMeta:
     try:
       _write_meta(path, meta, sig)
     except OSError as e:
-      logging.warning("%s: cannot write index cache (%s)", path, e)
+      logging.warning(
+        "%s: cannot write index cache (%s); kept in memory only, so every "
+        "start repeats the scan: run `python -m asrid_jax.data.index` on a "
+        "writable copy",
+        path,
+        e,
+      )
   return meta
 
 
@@ -285,3 +281,19 @@ def label_counts(
     records.LABEL_REAL: int(counts[0]),
     records.LABEL_FAKE: int(counts[1]),
   }
+
+
+def main(argv: list[str]) -> int:
+  """Builds (or refreshes) every shard's .meta.npz under DATA_DIR, once."""
+  if len(argv) != 2:
+    print("usage: python -m asrid_jax.data.index DATA_DIR", file=sys.stderr)
+    return 2
+  for split in records.SPLITS:
+    if records.list_shards(argv[1], split):
+      idx = load_split_index(argv[1], split)
+      print(f"{split}: {len(idx.shards)} shards, {idx.num_records} records")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))

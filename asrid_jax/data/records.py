@@ -12,9 +12,17 @@ Framing of one record (all little-endian):
 Each shard `NAME.tfrecord` has a sidecar `NAME.tfrecord.idx`: N pairs of
 uint64 (offset, length) of the records' data, for random access with `pread`.
 
-Shards are written under temporary names and renamed when complete, index
-first, shard last: a visible shard is always whole, and a killed writer leaves
-nothing that readers pick up.
+Each shard also gets `NAME.tfrecord.meta.npz` when it is written: one row per
+record of (video, face_index, frame_order, label), so a reader's start-up
+never parses record payloads (`data/index.py`). Its `signature` is keyed on
+content (shard size, index size and the index's CRC-32C), not on mtime, so a
+copy of the data (rsync, gsutil, staging to local SSD) or a read-only mount
+keeps it valid. A tool that rewrites a shard without ShardWriter must delete
+its .meta.npz.
+
+Shards are written under temporary names and renamed when complete, metadata
+and index first, shard last: a visible shard is always whole, and a killed
+writer leaves nothing that readers pick up.
 """
 
 from __future__ import annotations
@@ -40,6 +48,10 @@ LABEL_REAL = 0
 LABEL_FAKE = 1
 SHARD_SUFFIX = ".tfrecord"
 INDEX_SUFFIX = ".idx"
+META_SUFFIX = ".meta.npz"
+# Bump when the per-shard metadata changes meaning; old files are rebuilt.
+# 2: content-keyed signature (1 was keyed on mtime).
+META_VERSION = 2
 DATASET_INFO = "dataset_info.json"
 SPLITS = ("train", "val", "test")
 
@@ -216,13 +228,76 @@ def index_path(shard_path: os.PathLike | str) -> pathlib.Path:
   return pathlib.Path(str(shard_path) + INDEX_SUFFIX)
 
 
+def meta_path(shard_path: os.PathLike | str) -> pathlib.Path:
+  return pathlib.Path(str(shard_path) + META_SUFFIX)
+
+
+def _signature_of(shard_size: int, index_bytes: bytes) -> np.ndarray:
+  return np.asarray(
+    [
+      META_VERSION,
+      SCHEMA_VERSION,
+      shard_size,
+      len(index_bytes),
+      google_crc32c.value(index_bytes),
+    ],
+    np.int64,
+  )
+
+
+def content_signature(shard_path: os.PathLike | str) -> np.ndarray:
+  """What a shard's metadata is valid for: sizes and the index's checksum.
+
+  Reads the index (16 bytes a record), never the records; survives copies.
+  """
+  shard_path = pathlib.Path(shard_path)
+  raw = index_path(shard_path).read_bytes()
+  return _signature_of(shard_path.stat().st_size, raw)
+
+
+# The per-record columns of a .meta.npz (besides `signature`, `video_ids`).
+META_COLUMNS = ("video", "face_index", "frame_order", "label")
+
+
+def write_shard_meta(
+  path: os.PathLike | str,
+  signature: np.ndarray,
+  video_ids: list[str],
+  rows: np.ndarray,
+) -> None:
+  """Writes a .meta.npz atomically; `rows` is (N, 4) in META_COLUMNS order."""
+  path = pathlib.Path(path)
+  rows = np.asarray(rows, np.int64).reshape(-1, 4)
+  # '.tmp-' in the name: preprocessing's debris sweep removes it if killed.
+  fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
+  try:
+    honour_umask(fd)  # mkstemp's 0600 would lock out other users
+    with os.fdopen(fd, "wb") as f:
+      np.savez(
+        f,
+        signature=np.asarray(signature, np.int64),
+        video_ids=np.asarray(video_ids, dtype=str),
+        video=rows[:, 0].astype(np.int32),
+        face_index=rows[:, 1].astype(np.int32),
+        frame_order=rows[:, 2].astype(np.int32),
+        label=rows[:, 3].astype(np.int8),
+      )
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
 class ShardWriter:
   """Writes one shard and its index atomically.
 
   Use as a context manager. Records go to temporary files in the same folder;
-  on a clean exit both are flushed, fsynced and renamed (index first, then the
-  shard, so a visible shard always has its index). On an exception, or when
-  the process dies, no file under the final names appears.
+  on a clean exit they are flushed, fsynced and renamed (metadata, index,
+  then the shard, so a visible shard always has both). On an exception, or
+  when the process dies, no file under the final names appears. Every record
+  must be a FaceRecord Example: its identity fields go to the .meta.npz.
   """
 
   def __init__(self, path: os.PathLike | str):
@@ -231,6 +306,8 @@ class ShardWriter:
     tag = f".tmp-{os.getpid()}-{id(self):x}"
     self._tmp = self.path.with_name(self.path.name + tag)
     self._tmp_index = self.path.with_name(self.path.name + INDEX_SUFFIX + tag)
+    self._video_ids: dict[str, int] = {}
+    self._rows: list[tuple[int, int, int, int]] = []
     self._file = open(self._tmp, "wb")  # noqa: SIM115 (closed in close())
     self._entries: list[tuple[int, int]] = []
     self._offset = 0
@@ -243,6 +320,14 @@ class ShardWriter:
   def write(self, data: bytes) -> None:
     if self._closed:
       raise ValueError(f"{self.path}: write after close")
+    try:
+      rec = FaceRecord.from_bytes(data)
+    except ValueError as e:
+      raise ValueError(
+        f"{self.path}: record {len(self._entries)} is not a face record ({e})"
+      ) from None
+    vid = self._video_ids.setdefault(rec.video_id, len(self._video_ids))
+    self._rows.append((vid, rec.face_index, rec.frame_order, rec.label))
     self._file.write(frame(data))
     self._entries.append((self._offset + _HEADER.size, len(data)))
     self._offset += _HEADER.size + len(data) + _FOOTER.size
@@ -257,10 +342,17 @@ class ShardWriter:
       os.fsync(self._file.fileno())
       self._file.close()
       entries = np.asarray(self._entries, dtype="<u8").reshape(-1, 2)
+      raw_index = entries.tobytes()
       with open(self._tmp_index, "wb") as f:
-        f.write(entries.tobytes())
+        f.write(raw_index)
         f.flush()
         os.fsync(f.fileno())
+      write_shard_meta(
+        meta_path(self.path),
+        _signature_of(self._offset, raw_index),
+        list(self._video_ids),
+        np.asarray(self._rows, np.int64),
+      )
       os.replace(self._tmp_index, index_path(self.path))
       os.replace(self._tmp, self.path)
       _fsync_dir(self.path.parent)
