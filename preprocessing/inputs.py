@@ -126,7 +126,7 @@ def _dedupe(items, issues):
   """Keeps the first entry of each FILE; one issue per repeated file.
 
   Two spellings of one file (`../in/x.mp4`, `/abs/in/x.mp4`) would otherwise
-  become two videos, possibly in different splits: an identity leak.
+  become two videos, possibly in different splits: a video leak.
   """
   seen: dict[object, VideoItem] = {}
   repeats: dict[object, list[str]] = {}

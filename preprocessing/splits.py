@@ -1,9 +1,18 @@
 """Groups by original, train/val/test splits, and the per-worker partition.
 
 An original and every fake made from it form one group. Groups, never single
-videos, are the unit of splitting (so an identity never sits in two splits:
-the leak of the original ASRID code) and of partitioning across workers (so
-a worker that detects faces on an original can reuse its boxes on the fakes).
+videos, are the unit of splitting (so no video, nor any fake made from it,
+sits in two splits: the leak of the original ASRID code) and of partitioning
+across workers (so a worker that detects faces on an original can reuse its
+boxes on the fakes).
+
+This does NOT keep identities apart: on DFDC the same paid actor appears in
+many originals (and is a face-swap source or target in fakes of others), so
+a person seen in training also appears in val/test. Reported numbers are
+therefore for seen identities in new videos, likely optimistic for unseen
+people; an identity-disjoint split needs actor labels, which DFDC's
+metadata.json does not carry (a CSV `split` column, honoured with
+`--splits_from input`, can supply one).
 """
 
 import dataclasses
