@@ -108,8 +108,8 @@ def evaluate(
   mesh: jax.sharding.Mesh | None = None,
   batch_size: int | None = None,
   priors: Mapping[str, float] | None = None,
-  strategy: str = "confident",
-  track_reduce: str = "max",
+  strategy: str | None = None,
+  track_reduce: str | None = None,
   clip: tuple[float, float] | None = None,
   score_source: str = "auto",
   eps: float = metrics_lib.DFDC_EPS,
@@ -131,6 +131,8 @@ def evaluate(
       `scoring.summarize`.
     progress: tqdm bar (process 0 only).
 
+  max_videos: int = 0,
+  should_stop: Any = None,
   Returns:
     EvalResult; `result.log_loss` is the video-level DFDC LogLoss.
   """
@@ -148,6 +150,10 @@ def evaluate(
   batch_size = int(
     batch_size or eval_config.get("batch_size", config.batch_size)
   )
+    max_videos: > 0 evaluates a fixed label-stratified subset of that many
+      videos (`pipeline.subset_videos`; train.py's periodic validation).
+    should_stop: `scoring.collect`'s early stop (SIGTERM); a cut pass has
+      metrics['interrupted'] True.
   # Round up to a multiple of the data-parallel size: padding rows are masked.
   dp = sharding_lib.data_parallel_size(mesh)
   batch_size = -(-batch_size // dp) * dp
@@ -162,7 +168,10 @@ def evaluate(
   forward = scoring.make_forward(model)
   ids = pipeline.video_ids(data_dir, split)
   total = pipeline.eval_num_batches(
-    split=split, global_batch_size=batch_size, **data_config
+    split=split,
+    global_batch_size=batch_size,
+    max_videos=max_videos,
+    **data_config,
   )
   iterator = pipeline.make_eval_iterator(
     split=split,
@@ -182,20 +191,43 @@ def evaluate(
   result, rows = scoring.summarize(
     preds,
     ids,
+    max_videos=max_videos,
     priors=priors,
-    strategy=strategy,
-    track_reduce=track_reduce,
-    clip=clip,
+    **scoring.aggregation_settings(
+      config.get("eval"),
+      strategy=strategy,
+      track_reduce=track_reduce,
+      clip=clip,
+    ),
     score_source=score_source,
     eps=eps,
     confident_kwargs=confident_kwargs,
   )
   result.update(
+    should_stop=should_stop,
     split=split,
     data_dir=str(data_dir),
+  if preds.interrupted:
+    logging.warning("evaluation of %s cut short (stop requested)", split)
+    if preds.frame_probs.size == 0:
+      return EvalResult({"interrupted": True, "split": split}, [], preds)
+  # Videos preprocessing skipped count at the fallback, as DFDC scores them.
+  from asrid_jax.data import index as index_lib
+
+  skipped, unknown = index_lib.skipped_videos(data_dir, split)
+  if max_videos:
+    skipped = []  # a subset pass: its videos only
+  if unknown and not max_videos:
+    logging.warning(
+      "%s: %d skipped video(s) have no recorded split/label (older "
+      "preprocessing) and are not in the video metrics",
+      data_dir,
+      unknown,
+    )
     variant=config.model.get("variant"),
     batch_size=batch_size,
     num_batches=total,
+    skipped=skipped,
     devices=int(mesh.devices.size),
     seconds=round(seconds, 3),
   )
@@ -212,6 +244,8 @@ VIDEO_CSV_HEADER = (
   "score",
   "score_mean",
   "score_confident",
+    max_videos=int(max_videos),
+    interrupted=bool(preds.interrupted),
   "frames_used",
   "tracks",
 )
@@ -304,8 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
   a("--data_dir", default=None, help="shards (default: the config's)")
   a("--batch_size", type=int, default=None, help="default config.eval's")
   a("--devices", type=int, default=None, help="use the first N devices")
-  a("--strategy", choices=STRATEGIES, default="confident")
-  a("--track_reduce", choices=("max", "mean"), default="max")
+  a("--strategy", choices=STRATEGIES, default=None, help="default: config")
+  a("--track_reduce", choices=("max", "mean"), default=None)
   a("--score_source", choices=("auto", "clip", "frame"), default="auto")
   a("--clip", type=_clip_arg, default=None, help="LO,HI video-score clip")
   a("--eps", type=float, default=metrics_lib.DFDC_EPS, help="LogLoss clip")

@@ -259,13 +259,17 @@ def prior_baseline(
 # ---------------------------------------------------------------------------
 
 
+# The DFDC winner's confident rule: more than 11 of its 32 frames a video.
+WINNER_MIN_FAKE, WINNER_UNITS = 11, 32
+
+
 def confident_score(
   scores: Any,
   *,
   fake_threshold: float = 0.8,
   real_threshold: float = 0.2,
   fake_fraction: float = 0.4,
-  min_fake_count: int = 11,
+  min_fake_count: int | None = None,
   real_fraction: float = 0.9,
 ) -> float:
   """The DFDC 1st-place "confident" strategy, for one video's frame scores.
@@ -278,14 +282,18 @@ def confident_score(
   - else if more than `real_fraction * n` scores are below `real_threshold`,
     it is a confident REAL: return the mean of those low scores;
   - otherwise return the plain mean.
-  The defaults are the winner's (tuned for 32 frames per video: 11 of 32 is
-  about a third); with fewer scores per video the first branch needs
-  `min_fake_count` lowered or it never fires.
+  The thresholds are the winner's. Its `min_fake_count` was 11 for 32
+  frames a video; a fixed 11 never fires for fewer units (4 clips a track of
+  a dynamic variant: confident silently equalled mean), so by default
+  (`min_fake_count=None`) it scales with the number of units:
+  floor(n * 11 / 32), which is 11 at n = 32. An int keeps it fixed.
   """
   p = np.asarray(scores, dtype=np.float64).ravel()
   if p.size == 0:
     raise ValueError("confident_score of an empty score list")
   n = p.size
+  if min_fake_count is None:
+    min_fake_count = math.floor(n * WINNER_MIN_FAKE / WINNER_UNITS + 1e-9)
   high = p > fake_threshold
   k = int(high.sum())
   # floor(n * 0.4) == n // 2.5 of the reference; the epsilon keeps products

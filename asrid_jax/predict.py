@@ -175,7 +175,8 @@ def model_inputs(
 
   The crops take the path a training crop took: JPEG at the shards' quality,
   decode, resize to the model's size (the pipeline's `decode_resize`). Orders
-  index the track's frames; -1 marks the repeated last frame of a short clip.
+  index the track's frames; -1 marks the repeated last frame of a clip of a
+  track shorter than T.
   """
   from asrid_jax.data import records
   from asrid_jax.data import source as source_lib
@@ -185,33 +186,40 @@ def model_inputs(
     if jpeg_quality is not None:
       crop = records.decode_jpeg(records.encode_jpeg(crop, jpeg_quality))
     images.append(source_lib.resize_square(crop, image_size))
-  n = len(images)
-  k = -(-n // clip_len)
-  clips = np.empty((k, clip_len, image_size, image_size, 3), np.uint8)
-  orders = np.full((k, clip_len), -1, np.int64)
-  for c in range(k):
-    for t in range(clip_len):
-      i = c * clip_len + t
-      clips[c, t] = images[min(i, n - 1)]
-      if i < n:
-        orders[c, t] = i
+  # The clips evaluation cuts (source.clip_frames): the tail clip is the
+  # last T frames; only a track shorter than T is padded (orders -1).
+  orders = source_lib.clip_frames(len(images), clip_len)
+  clips = np.stack([images[i] for i in np.maximum(orders, 0).ravel()])
+  clips = clips.reshape(orders.shape + clips.shape[1:])
+  # A short track's padding repeats its last frame, as the pipeline's does.
+  clips[orders < 0] = images[-1]
   return clips, orders
 
 
 def run_batched(
-  forward: Callable[[np.ndarray], Mapping[str, Any]],
+  forward: Callable[..., Mapping[str, Any]],
   clips: np.ndarray,
   batch_size: int,
 ) -> dict[str, np.ndarray]:
-  """forward over fixed-size batches (zero-padded: one compiled shape)."""
+  """forward over fixed-size batches (zero-padded: one compiled shape).
+
+  `orders` (K, T), -1 on padded frames, masks them in the temporal head.
+  """
+  if orders is None:
+    orders = np.zeros(clips.shape[:2], np.int64)
   outs: dict[str, list[np.ndarray]] = {}
   for start in range(0, len(clips), batch_size):
+  orders: np.ndarray | None = None,
     chunk = clips[start : start + batch_size]
     n = len(chunk)
     if n < batch_size:
       pad = np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)
       chunk = np.concatenate([chunk, pad])
-    out = forward(chunk)
+    order = orders[start : start + batch_size].astype(np.int32)
+      order = np.concatenate(
+        [order, np.full((batch_size - n,) + order.shape[1:], -1, np.int32)]
+      )
+    out = forward(chunk, order)
     for key, value in out.items():
       outs.setdefault(key, []).append(np.asarray(value)[:n])
   return {k: np.concatenate(v) for k, v in outs.items()}
@@ -236,6 +244,7 @@ class PredictOptions:
   jpeg_quality: int | None = 95  # the shards' JPEG quality
   heatmap_dir: pathlib.Path | None = None
   heatmap_frames: int = 4  # rows per face track in a heatmap
+  clip: tuple[float, float] | None = None  # (lo, hi) of the video score
   heatmap_tile: int = 192
   # Heatmap file names already taken in this run ('sub/x.mp4' and
   # 'sub__x.mp4' would both flatten to 'sub__x').
@@ -269,13 +278,16 @@ def predict_video(
         clip_len=options.clip_len,
         jpeg_quality=options.jpeg_quality,
       )
-      out = run_batched(forward, clips, options.batch_size)
+      out = run_batched(forward, clips, options.batch_size, orders)
       out.update(clips=clips, orders=orders, frame_numbers=track.frame_indices)
       track_outputs.append((track.face_index, out))
       if options.dynamic:
         scores = out["clip_probs"]
-      else:
-        scores = out["frame_probs"][orders >= 0]
+      else:  # one score per frame: the overlapping tail scores some twice
+        real = orders >= 0
+        probs = np.asarray(out["frame_probs"], np.float64)[real]
+        sums = np.bincount(orders[real], weights=probs)
+        scores = sums / np.maximum(np.bincount(orders[real]), 1)
       unit_scores.append(np.asarray(scores, np.float64).reshape(-1))
       unit_tracks.append(np.full(unit_scores[-1].size, track.face_index))
       result.faces += len(track.crops)
@@ -294,6 +306,8 @@ def predict_video(
       crops, maps, captions = heatmaps.pick_rows(
         track_outputs, options.heatmap_frames
       )
+    if options.clip is not None:
+      result.score = float(np.clip(result.score, *options.clip))
       captions[0] += f"  video {result.score:.2f}"
       grid = heatmaps.render_heatmap(
         crops, maps, captions, tile=options.heatmap_tile
@@ -354,6 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
     prog="python -m asrid_jax.predict",
     description="P(FAKE) for raw videos, a DFDC submission CSV, heatmaps.",
+def _clip_arg(text: str) -> tuple[float, float]:
+  lo, sep, hi = text.partition(",")
+  if not sep:
+    raise argparse.ArgumentTypeError(f"--clip wants LO,HI, got {text!r}")
+  return float(lo), float(hi)
+
+
   )
   a = p.add_argument
   a("inputs", nargs="+", metavar="VIDEO_OR_DIR")
@@ -368,8 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
   a("--heatmaps", action="store_true", help="write heatmaps/<video>.png")
   a("--heatmap_frames", type=int, default=4, help="rows per face track")
   a("--heatmap_tile", type=int, default=192, help="pixels per grid cell")
-  a("--strategy", choices=("mean", "confident"), default="mean")
-  a("--track_reduce", choices=("max", "mean"), default="max")
+  a(
+    "--strategy",
+    choices=("mean", "confident"),
+    default=None,
+    help="per face track; default: the model config's eval.strategy, as "
+    "evaluate uses",
+  )
+  a("--track_reduce", choices=("max", "mean"), default=None)
+  a("--clip", type=_clip_arg, default=None, help="LO,HI video-score clip")
   a("--fallback", type=float, default=0.5, help="score without a face")
   a("--batch_size", type=int, default=8, help="clips per model call")
   a(
@@ -452,8 +480,12 @@ def run(args: argparse.Namespace) -> tuple[list[VideoPrediction], dict]:
     clip_len=1 if picture else int(config.data.clip_len),
     dynamic=model.dynamic_head is not None,
     batch_size=args.batch_size,
-    strategy=args.strategy,
-    track_reduce=args.track_reduce,
+    **scoring.aggregation_settings(
+      config.get("eval"),
+      strategy=args.strategy,
+      track_reduce=args.track_reduce,
+      clip=args.clip,
+    ),
     fallback=args.fallback,
     jpeg_quality=stored.get("jpeg_quality", 95),
     heatmap_frames=args.heatmap_frames,
@@ -468,7 +500,8 @@ def run(args: argparse.Namespace) -> tuple[list[VideoPrediction], dict]:
   size = options.image_size
   jax.block_until_ready(
     forward(
-      np.zeros((options.batch_size, options.clip_len, size, size, 3), np.uint8)
+      np.zeros((options.batch_size, options.clip_len, size, size, 3), np.uint8),
+      np.zeros((options.batch_size, options.clip_len), np.int32),
     )
   )
   compile_s = time.perf_counter() - start
@@ -504,6 +537,24 @@ def main(argv: list[str] | None = None) -> int:
     ValueError,
     checkpoint_lib.CheckpointError,  # no usable checkpoint
   ) as e:
+  # How the scores were made, beside the CSV (a submission is reproducible).
+  paths["settings"] = out_dir / "predict_settings.json"
+  from asrid_jax.data import records
+
+  records.write_json_atomic(
+    paths["settings"],
+    {
+      "workdir": str(workdir),
+      "step": int(step),
+      "strategy": options.strategy,
+      "track_reduce": options.track_reduce,
+      "clip": list(options.clip) if options.clip else None,
+      "fallback": options.fallback,
+      "confident_min_fake_count": "floor(n * 11 / 32)",
+      "clip_len": options.clip_len,
+      "dynamic": options.dynamic,
+    },
+  )
     print(f"predict: error: {e}", file=sys.stderr)
     return 1
   print(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -24,6 +24,39 @@ from asrid_jax import metrics as metrics_lib
 from asrid_jax import reporting
 
 STRATEGIES = ("mean", "confident")
+TRACK_REDUCES = ("max", "mean")
+
+
+def aggregation_settings(
+  eval_config: Mapping[str, Any] | None,
+  *,
+  strategy: str | None = None,
+  track_reduce: str | None = None,
+  clip: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+  """The video aggregation of a run: explicit values over config.eval's.
+
+  One setting for evaluate and predict, so the two never score a video
+  differently unless told to. A clip of (0, 1) means none. Configs saved
+  before the setting existed get the previous evaluate defaults.
+  """
+  cfg = dict(eval_config or {})
+  strategy = strategy or cfg.get("strategy", "confident")
+  track_reduce = track_reduce or cfg.get("track_reduce", "max")
+  if clip is None:
+    clip = tuple(cfg.get("clip") or (0.0, 1.0))
+  clip = (float(clip[0]), float(clip[1]))
+  if strategy not in STRATEGIES:
+    raise ValueError(f"strategy must be one of {STRATEGIES}: {strategy!r}")
+  if track_reduce not in TRACK_REDUCES:
+    raise ValueError(
+      f"track_reduce must be one of {TRACK_REDUCES}: {track_reduce!r}"
+    )
+  return {
+    "strategy": strategy,
+    "track_reduce": track_reduce,
+    "clip": None if clip == (0.0, 1.0) else clip,
+  }
 
 # ---------------------------------------------------------------------------
 # Forward pass
@@ -31,10 +64,13 @@ STRATEGIES = ("mean", "confident")
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _forward(graphdef, with_attention, state, images):
+def _forward(graphdef, with_attention, state, images, frame_order=None):
   view = nnx.merge(graphdef, state)
   view.eval()
-  out = view(images)
+  # Padded positions of a short clip (frame_order -1) are masked out of the
+  # temporal head, as in training.
+  mask = None if frame_order is None else frame_order >= 0
+  out = view(images, frame_mask=mask)
   probs = {"frame_probs": jax.nn.sigmoid(out["frame_logits"])}
   if "clip_logit" in out:
     probs["clip_probs"] = jax.nn.sigmoid(out["clip_logit"])
@@ -46,7 +82,8 @@ def _forward(graphdef, with_attention, state, images):
 def make_forward(
   model: nnx.Module, *, with_attention: bool = False
 ) -> Callable[[Any], dict[str, jax.Array]]:
-  """A jitted images -> probabilities function on an eval-mode VIEW of model.
+  """A jitted (images[, frame_order]) -> probabilities function on an
+  eval-mode VIEW of model (frame_order (B, T), -1 on padded frames).
 
   The model is split and merged into a second module object that shares the
   arrays, so switching it to eval mode (BatchNorm running statistics, no
@@ -90,6 +127,7 @@ class Predictions:
   clip_face: np.ndarray
   clip_label: np.ndarray
   clip_probs: np.ndarray | None
+  interrupted: bool = False  # the pass was cut short (should_stop)
 
 
 def collect(
@@ -99,8 +137,14 @@ def collect(
   total: int | None = None,
   desc: str = "eval",
   progress: bool = True,
+  should_stop: Callable[[int], bool] | None = None,
 ) -> Predictions:
-  """Runs `forward` on every batch and keeps the unmasked rows on the host."""
+  """Runs `forward` on every batch and keeps the unmasked rows on the host.
+
+  `should_stop(i)`, asked before batch i, ends the pass early (a SIGTERM
+  during periodic validation); it must answer the same on every process
+  (train.py's preemption check does). `Predictions.interrupted` says so.
+  """
   fv, ff, fo, fl, fp = [], [], [], [], []
   cv, cf, cl, cp = [], [], [], []
   bar = tqdm(
@@ -148,8 +192,12 @@ def collect(
   # outputs are fetched, so the device computes while the host copies and
   # loads the following batch.
   pending = None
-  for batch in bar:
-    out = forward(batch["image"])
+  interrupted = False
+  for i, batch in enumerate(bar):
+    if should_stop is not None and should_stop(i):
+      interrupted = True
+      break
+    out = forward(batch["image"], batch["frame_order"])
     if pending is not None:
       keep(*pending)
     pending = (batch, out)
@@ -163,9 +211,9 @@ def collect(
   frame_order, frame_probs = cat(fo, np.int64), cat(fp, np.float64)
   frame_label = cat(fl, np.int64)
   # The pipeline pads a track shorter than a clip by repeating its last frame
-  # with frame_order -1: those are not records. Clips do not overlap, so each
-  # remaining (video, face, order) should be unique; averaging duplicates
-  # keeps a frame counted once even if a pipeline ever overlaps clips.
+  # with frame_order -1: those are not records. A track's tail clip overlaps
+  # the one before it (it is the last T frames), so a frame can be scored
+  # twice: duplicates are averaged and each frame counts once.
   real = frame_order >= 0
   frame_video, frame_face = frame_video[real], frame_face[real]
   frame_order, frame_probs = frame_order[real], frame_probs[real]
@@ -187,6 +235,7 @@ def collect(
     clip_face=cat(cf, np.int64),
     clip_label=cat(cl, np.int64),
     clip_probs=cat(cp, np.float64) if cp else None,
+    interrupted=interrupted,
   )
 
 
@@ -221,6 +270,8 @@ def summarize(
   eps: float = metrics_lib.DFDC_EPS,
   threshold: float = 0.5,
   confident_kwargs: Mapping[str, Any] | None = None,
+  skipped: Sequence[tuple[str, int]] = (),
+  fallback: float = 0.5,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """Frame, clip and video metrics (+ prior baselines) and per-video rows.
 
@@ -237,6 +288,11 @@ def summarize(
       'frame' (static head) or 'auto' (clip when the model has a clip head).
     eps, threshold: LogLoss clipping and the accuracy threshold.
     confident_kwargs: options of `metrics.confident_score`.
+    skipped: (video_id, label) of the split's videos that preprocessing
+      skipped (no face, too short, undecodable). DFDC scores every video and
+      predict gives them `fallback`, so the video level (and its prior
+      baseline) counts them at `fallback`; frame and clip levels cannot.
+    fallback: their score.
   """
   if strategy not in STRATEGIES:
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -311,11 +367,17 @@ def summarize(
     )
     scores[name] = dict(zip(ids.tolist(), s.tolist(), strict=True))
   vids = sorted(vid_label)
-  labels = np.asarray([vid_label[v] for v in vids])
+  evaluated = {video_ids[v] for v in vids}
+  skipped = [(str(v), int(y)) for v, y in skipped if str(v) not in evaluated]
+  labels = np.asarray(
+    [vid_label[v] for v in vids] + [y for _, y in skipped], np.int64
+  )
   for name in STRATEGIES:
-    s = np.asarray([scores[name][v] for v in vids])
+    s = np.asarray([scores[name][v] for v in vids] + [fallback] * len(skipped))
     result[f"video_{name}"] = level(labels, s, "video")
   result["video"] = result[f"video_{strategy}"]
+  result["counts"]["skipped_videos"] = len(skipped)
+  result["settings"]["fallback"] = fallback
 
   frames_used = np.bincount(preds.frame_video, minlength=len(video_ids))
   tracks = {}
@@ -334,6 +396,17 @@ def summarize(
       "tracks": len(tracks[v]),
     }
     for v in vids
+  ] + [
+    {
+      "video_id": vid,
+      "label": y,
+      "score": fallback,
+      "score_mean": fallback,
+      "score_confident": fallback,
+      "frames_used": 0,
+      "tracks": 0,
+    }
+    for vid, y in skipped
   ]
   return result, rows
 
@@ -374,8 +447,15 @@ def format_report(result: Mapping[str, Any]) -> str:
     )
   table = reporting.format_table(header, rows)
   cm = result["video"]["confusion_matrix"]
+  n_skip = result["counts"].get("skipped_videos", 0)
+  skip_line = (
+    f"{n_skip} video(s) skipped by preprocessing are scored at the fallback "
+    f"{result['settings'].get('fallback', 0.5)} in the video rows\n"
+    if n_skip
+    else ""
+  )
   return (
-    f"{table}\n"
+    f"{table}\n{skip_line}"
     f"video confusion ({result['settings']['strategy']}): "
     f"REAL->REAL {cm[0][0]}  REAL->FAKE {cm[0][1]}  "
     f"FAKE->REAL {cm[1][0]}  FAKE->FAKE {cm[1][1]}"

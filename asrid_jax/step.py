@@ -108,13 +108,14 @@ def _opt_shardings(opt_abstract, param_sh: Mapping[str, NamedSharding], repl):
 
 
 def _abstract_batch(config) -> tuple[jax.ShapeDtypeStruct, ...]:
-  """(images, labels) shapes of a train batch, for tracing only."""
+  """(images, labels, frame_order) of a train batch, for tracing only."""
   data = config.data
   t = 1 if data.get("sampling", "video") == "picture" else data.clip_len
   size = data.image_size
   return (
     jax.ShapeDtypeStruct((2, t, size, size, 3), jnp.uint8),
     jax.ShapeDtypeStruct((2,), jnp.int32),
+    jax.ShapeDtypeStruct((2, t), jnp.int32),
   )
 
 
@@ -135,11 +136,12 @@ class Trainer:
     frozen = frozenset(k for k in params if any(r.search(k) for r in freeze))
     self.no_gradient = frozenset(
       params_without_gradient(
-        lambda p, r, x, y, k: self._loss(p, r, x, y, k)[0],
+        lambda p, r, x, y, k, o: self._loss(p, r, x, y, k, o)[0],
         params,
         rest,
-        *_abstract_batch(config),
+        *_abstract_batch(config)[:2],
         jax.random.key(0),
+        _abstract_batch(config)[2],
       )
     )
     if self.no_gradient:
@@ -285,9 +287,12 @@ class Trainer:
     return out
 
   # ----------------------------------------------------------------- step
-  def _loss(self, params, rest, images, labels, key):
+  def _loss(self, params, rest, images, labels, key, frame_order=None):
     model = self.spec.merge(params, rest, train=True)
-    out = model(images, rngs=key)
+    # A clip of a track shorter than T is padded (frame_order -1): the
+    # temporal head masks those positions, as at evaluation.
+    mask = None if frame_order is None else frame_order >= 0
+    out = model(images, rngs=key, frame_mask=mask)
     total, terms = losses.asrid_loss(out, labels, **dict(self.config.loss))
     _, new_rest = self.spec.split(model)
     return total, (terms, new_rest)
@@ -307,9 +312,15 @@ class Trainer:
     params = state["params"]
     grad_fn = jax.value_and_grad(self._loss, has_aux=True)
     images, labels = batch["image"], batch["label"]
+    orders = batch.get("frame_order")
     if a == 1:
       (_, (terms, rest)), grads = grad_fn(
-        params, state["model_state"], images, labels, jax.random.fold_in(rng, 0)
+        params,
+        state["model_state"],
+        images,
+        labels,
+        jax.random.fold_in(rng, 0),
+        orders,
       )
     else:
       axes = sharding_lib.data_axes(self.mesh)
@@ -321,13 +332,17 @@ class Trainer:
           x, NamedSharding(self.mesh, spec)
         )
 
-      micro = (split(images), split(labels))
+      micro = (
+        split(images),
+        split(labels),
+        None if orders is None else split(orders),
+      )
 
       def body(carry, xs):
         g_acc, rest, t_acc = carry
-        i, (im, lb) = xs
+        i, (im, lb, fo) = xs
         (_, (terms, rest)), g = grad_fn(
-          params, rest, im, lb, jax.random.fold_in(rng, i)
+          params, rest, im, lb, jax.random.fold_in(rng, i), fo
         )
         g_acc = jax.tree.map(jnp.add, g_acc, g)
         t_acc = jax.tree.map(jnp.add, t_acc, terms)
@@ -335,7 +350,12 @@ class Trainer:
 
       terms0 = jax.eval_shape(
         lambda: grad_fn(
-          params, state["model_state"], micro[0][0], micro[1][0], rng
+          params,
+          state["model_state"],
+          micro[0][0],
+          micro[1][0],
+          rng,
+          None if orders is None else micro[2][0],
         )[0][1][0]
       )
       zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), t)

@@ -156,8 +156,14 @@ def _check_pending(pending: list[tuple[int, dict]], state, step: int) -> None:
     )
 
 
-def _evaluate(config, model, mesh) -> dict[str, float]:
-  """Validation metrics (video level) of `model` via asrid_jax.evaluate."""
+def _evaluate(config, model, mesh, should_stop=None) -> dict[str, float]:
+  """Validation metrics (video level) of `model` via asrid_jax.evaluate.
+
+  Runs on config.eval.max_videos videos (a fixed, label-stratified subset;
+  0 = the whole split: at DFDC scale a full val pass is ~25k videos) and
+  stops early when `should_stop` says so (SIGTERM): then returns {} and
+  the step gets no validation result.
+  """
   from asrid_jax import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
 
   eval_cfg = dict(config.get("eval") or {})
@@ -167,7 +173,11 @@ def _evaluate(config, model, mesh) -> dict[str, float]:
     split=eval_cfg.get("split", "val"),
     mesh=mesh,
     progress=False,
+    max_videos=int(eval_cfg.get("max_videos", 0) or 0),
+    should_stop=should_stop,
   )
+  if result.metrics.get("interrupted"):
+    return {}
   video = result.metrics["video"]
   out = {
     "val/log_loss": float(video["log_loss"]),
@@ -281,7 +291,11 @@ def _train_locked(config, workdir, on_step) -> dict[str, Any]:
 
   # ------------------------------------------------------------ Evals
   def run_eval(state) -> dict[str, float]:
-    return _evaluate(config, trainer.eval_model(state), mesh)
+    # A SIGTERM during validation cuts it short (checked per batch, with
+    # the same collective cadence as the step loop).
+    return _evaluate(
+      config, trainer.eval_model(state), mesh, should_stop=preempt.requested
+    )
 
   # ------------------------------------------------------------- Loop
   writer = _Writer(workdir)
@@ -343,11 +357,15 @@ def _train_locked(config, workdir, on_step) -> dict[str, Any]:
       metrics_for_ckpt = None
       evals_on = checks["evals"]  # False without a validation split
       if evals_on and (step % config.eval_every == 0 or last):
-        last_eval = run_eval(state)
-        writer.scalars(step, last_eval)
-        logging.info("step %d validation: %s", step, last_eval)
-        state = trainer.feed_validation_loss(state, last_eval["val/log_loss"])
-        metrics_for_ckpt = {ckpt_lib.METRIC: last_eval["val/log_loss"]}
+        result = run_eval(state)
+        if result:
+          last_eval = result
+          writer.scalars(step, last_eval)
+          logging.info("step %d validation: %s", step, last_eval)
+          state = trainer.feed_validation_loss(
+            state, last_eval["val/log_loss"]
+          )
+          metrics_for_ckpt = {ckpt_lib.METRIC: last_eval["val/log_loss"]}
       saved = False
       if step % config.checkpoint_every == 0 or metrics_for_ckpt or last:
         _check_pending(pending, state, step)

@@ -127,7 +127,19 @@ def base_config(
   c.total_steps = 20_000
   c.log_every = 50
   c.eval_every = 1000
-  c.eval = dict(split="val", batch_size=32, use_ema=True)
+  # strategy / track_reduce / clip: how unit scores become a video score,
+  # one setting for evaluate and predict (their flags override it).
+  c.eval = dict(
+    split="val",
+    batch_size=32,
+    use_ema=True,
+    strategy="confident",
+    track_reduce="max",
+    clip=(0.0, 1.0),  # (lo, hi) video-score clip; (0, 1) = none
+    # Periodic validation in train.py: a fixed label-stratified subset of
+    # this many videos (0 = all); `evaluate` always does full passes.
+    max_videos=2000,
+  )
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
   c.async_checkpoints = True

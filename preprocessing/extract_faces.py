@@ -331,7 +331,13 @@ def _process_group(
     except Exception as e:  # noqa: BLE001 (one video must not stop the run)
       logging.exception("%s: unexpected error", item.video_id)
       if item.video_id in todo:
-        out.log_skip(item.video_id, f"unexpected error: {e!r}", retry=True)
+        out.log_skip(
+          item.video_id,
+          f"unexpected error: {e!r}",
+          retry=True,
+          split=split,
+          label=item.label,
+        )
         summary.skipped += 1
         bar.update(1)
       continue
@@ -346,7 +352,14 @@ def _process_group(
     else:
       logging.warning("skipped %s: %s", item.video_id, result.skip_reason)
       # The file's stamp lets a rerun retry it once the user repairs it.
-      out.log_skip(item.video_id, result.skip_reason, path=item.path)
+      # Split and label let evaluation score it at the fallback, as DFDC does.
+      out.log_skip(
+        item.video_id,
+        result.skip_reason,
+        path=item.path,
+        split=split,
+        label=item.label,
+      )
       summary.skipped += 1
     bar.update(1)
     bar.set_postfix(faces=summary.faces, skipped=summary.skipped)
@@ -402,7 +415,13 @@ def merge_info(
   skipped = [i.as_dict() for i in issues]
   for vid, entry in sorted(out.skip_entries().items()):
     if vid not in written:
-      skipped.append({"video": vid, "reason": entry["reason"]})
+      skipped.append(
+        {
+          "video": vid,
+          "reason": entry["reason"],
+          **{k: entry[k] for k in ("split", "label") if k in entry},
+        }
+      )
   finished = sorted(
     int(p.name[1:6])
     for p in out.work.glob(f"w*of{args.num_workers:05d}.finished.json")

@@ -237,10 +237,20 @@ class OutputDir:
     reason: str,
     retry: bool = False,
     path: os.PathLike | str | None = None,
+    split: str | None = None,
+    label: int | None = None,
   ) -> None:
-    """Appends to this worker's skip log, durably (a kill keeps the line)."""
+    """Appends to this worker's skip log, durably (a kill keeps the line).
+
+    `split` and `label` (when known) let evaluation count the video at the
+    fallback score, as DFDC scores every video.
+    """
     self.work.mkdir(parents=True, exist_ok=True)
     entry = {"video": video_id, "reason": reason, "retry": retry}
+    if split is not None:
+      entry["split"] = split
+    if label is not None:
+      entry["label"] = int(label)
     if path is not None:
       entry["stamp"] = file_stamp(path)
     line = json.dumps(entry, ensure_ascii=False)

@@ -54,8 +54,9 @@ def model(config):
 # ---------------------------------------------------------------------------
 
 
-def _fake_forward(images):
+def _fake_forward(images, frame_order=None):
   # P(FAKE) of a frame = its first pixel / 255: easy to check by hand.
+  del frame_order
   frames = np.asarray(images)[..., 0, 0, 0].astype(np.float64) / 255.0
   return {"frame_probs": frames, "clip_probs": frames.mean(axis=1)}
 
@@ -103,6 +104,7 @@ def test_summarize_levels_and_rows():
     "clips": 4,
     "tracks": 4,
     "videos": 3,
+    "skipped_videos": 0,
   }
   # Video scores from clips (auto: clip head present), max over tracks.
   video_scores = [0.8, 0.2, 0.4]
@@ -150,35 +152,51 @@ def _direct(model, data_dir, split):
   tracks = {}
   for (vid, face, _), value in sorted(by_record.items()):
     tracks.setdefault((vid, face), []).append(value)
-  # Every clip of every track, cut as DESIGN.md says: consecutive, in frame
-  # order, the last one padded by repeating its last frame.
-  clips, meta = [], []
+  # Every clip of every track, cut as evaluation must: consecutive T frames,
+  # the tail clip the LAST T frames (overlapping), and only a track shorter
+  # than T padded (its last frame repeated, masked in the temporal head).
+  clips, masks, meta = [], [], []
   for (vid, face), items in tracks.items():
     images = [i for i, _ in items]
-    for s in range(0, len(images), CLIP_LEN):
+    n = len(images)
+    starts = list(range(0, n, CLIP_LEN))
+    starts[-1] = max(0, n - CLIP_LEN)
+    for s in starts:
       chunk = images[s : s + CLIP_LEN]
-      meta.append((vid, face, items[0][1], len(chunk)))
-      clips.append(np.stack(chunk + [chunk[-1]] * (CLIP_LEN - len(chunk))))
+      meta.append((vid, face, items[0][1], list(range(s, s + len(chunk)))))
+      pad = CLIP_LEN - len(chunk)
+      clips.append(np.stack(chunk + [chunk[-1]] * pad))
+      masks.append([True] * len(chunk) + [False] * pad)
   graphdef, state = nnx.split(model)
 
   @jax.jit
-  def forward(state, x):
+  def forward(state, x, mask):
     view = nnx.merge(graphdef, state)
     view.eval()
-    out = view(x)
+    out = view(x, frame_mask=mask)
     return jax.nn.sigmoid(out["frame_logits"]), jax.nn.sigmoid(
       out["clip_logit"]
     )
 
-  frame_probs, clip_probs = map(np.asarray, forward(state, np.stack(clips)))
-  frame_p, frame_y, frame_k, clip_y, clip_v, clip_f = [], [], [], [], [], []
-  for (vid, face, label, n), probs in zip(meta, frame_probs, strict=True):
-    frame_p += probs[:n].tolist()
-    frame_y += [label] * n
-    frame_k += [(vid, face)] * n
+  frame_probs, clip_probs = map(
+    np.asarray, forward(state, np.stack(clips), np.asarray(masks))
+  )
+  # A frame in two clips (the overlapping tail) counts once: the mean.
+  per_frame = {}
+  clip_y, clip_v, clip_f = [], [], []
+  for (vid, face, label, positions), probs in zip(
+    meta, frame_probs, strict=True
+  ):
+    for pos, prob in zip(positions, probs, strict=False):
+      per_frame.setdefault((vid, face, pos), (label, []))[1].append(prob)
     clip_y.append(label)
     clip_v.append(vid)
     clip_f.append(face)
+  frame_y, frame_p, frame_k = [], [], []
+  for (vid, face, _), (label, probs) in sorted(per_frame.items()):
+    frame_y.append(label)
+    frame_p.append(float(np.mean(probs)))
+    frame_k.append((vid, face))
   clip_p = clip_probs.tolist()
   return {
     "frame": (np.array(frame_y), np.array(frame_p)),

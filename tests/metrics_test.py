@@ -204,12 +204,17 @@ def test_confident_branches():
   # 30 of 32 below 0.2 (> 28.8): mean of the low ones.
   p = np.r_[np.full(30, 0.1), np.full(2, 0.7)]
   assert metrics.confident_score(p) == pytest.approx(0.1)
-  # Few frames: the absolute count of 11 is never reached by default.
-  p = np.full(8, 0.95)
-  assert metrics.confident_score(p) == pytest.approx(0.95)  # plain mean
-  p = np.r_[np.full(5, 0.95), np.full(3, 0.5)]
+  # Few units (4 clips a track): the winner's fixed 11 never fires, so
+  # confident would equal mean; the default count scales with n instead.
+  p = np.r_[np.full(3, 0.95), np.full(1, 0.3)]
+  assert metrics.confident_score(p) == pytest.approx(0.95)
+  assert metrics.confident_score(p, min_fake_count=11) == pytest.approx(
+    p.mean()
+  )
+  p = np.r_[np.full(5, 0.95), np.full(3, 0.5)]  # 5 > floor(8*.4)=3, > 2
+  assert metrics.confident_score(p) == pytest.approx(0.95)
+  p = np.r_[np.full(2, 0.95), np.full(6, 0.5)]  # 2 of 8: not confident
   assert metrics.confident_score(p) == pytest.approx(p.mean())
-  assert metrics.confident_score(p, min_fake_count=2) == pytest.approx(0.95)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -218,7 +223,13 @@ def test_confident_matches_reference_rule(seed):
   for _ in range(200):
     n = int(rng.integers(1, 60))
     p = rng.choice([0.05, 0.1, 0.5, 0.85, 0.95], n) * rng.uniform(0.97, 1, n)
-    assert metrics.confident_score(p) == pytest.approx(_reference_confident(p))
+    assert metrics.confident_score(
+      p, min_fake_count=11
+    ) == pytest.approx(_reference_confident(p))
+    if n == 32:  # the scaled default is the winner's rule at its 32 frames
+      assert metrics.confident_score(p) == pytest.approx(
+        _reference_confident(p)
+      )
 
 
 def test_aggregate_videos_tracks_and_clip():

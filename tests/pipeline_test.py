@@ -153,7 +153,11 @@ def test_eval_sees_every_record_exactly_once(data_dir, sampling):
   seen, padding = eval_frames(
     data_dir, "val", global_batch_size=8, **cfg(data_dir, sampling=sampling)
   )
-  assert collections.Counter(seen) == collections.Counter(want.keys())
+  # Every record is seen; a track's tail clip (its last T frames) repeats
+  # frames of the clip before it, which frame metrics count once.
+  assert set(seen) == set(want.keys())
+  if sampling == "picture":
+    assert collections.Counter(seen) == collections.Counter(want.keys())
   assert padding < 8  # only the last batch is padded
 
 
@@ -173,10 +177,13 @@ def test_eval_clips_stay_in_one_track_in_frame_order(data_dir):
       order = b["frame_order"][i]
       n = lengths[(int(b["video_idx"][i]), int(b["face_index"][i]))]
       valid = order[order >= 0]
-      # Non-overlapping clips: start at a multiple of clip_len, consecutive
-      # frames, -1 (repeated last frame) only at the tail.
-      assert valid[0] % 4 == 0 and np.all(np.diff(valid) == 1)
+      # Clips start at a multiple of clip_len, except the tail clip, which
+      # is the track's last 4 frames; -1 (repeated last frame) only in a
+      # track shorter than a clip.
+      assert valid[0] % 4 == 0 or valid[-1] == n - 1
+      assert np.all(np.diff(valid) == 1)
       assert np.all(order[len(valid) :] == -1) and valid[-1] < n
+      assert len(valid) == min(4, n)
       if len(valid) < 4:
         assert valid[-1] == n - 1
         np.testing.assert_array_equal(

@@ -123,7 +123,8 @@ def _fake_faces(track_values, skip_reason=None):
   )
 
 
-def _fake_forward(images):
+def _fake_forward(images, frame_order=None):
+  del frame_order
   frames = images[..., 0, 0, 0].astype(np.float64) / 255.0
   return {"frame_probs": frames, "clip_probs": frames.mean(axis=1)}
 
@@ -202,9 +203,9 @@ def test_model_inputs_cut_clips_like_evaluation():
     crops, image_size=8, clip_len=2, jpeg_quality=None
   )
   assert clips.shape == (3, 2, 8, 8, 3)
-  np.testing.assert_array_equal(orders, [[0, 1], [2, 3], [4, -1]])
-  # The short last clip repeats its last frame.
-  np.testing.assert_array_equal(clips[2, 1], clips[2, 0])
+  # The tail clip is the last T real frames (overlapping), never padded.
+  np.testing.assert_array_equal(orders, [[0, 1], [2, 3], [3, 4]])
+  np.testing.assert_array_equal(clips[2, :, 0, 0, 0], [30, 40])
   assert clips[1, 0, 0, 0, 0] == 20
 
 

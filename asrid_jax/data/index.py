@@ -283,6 +283,25 @@ def label_counts(
   }
 
 
+def skipped_videos(
+  data_dir: os.PathLike | str, split: str
+) -> tuple[list[tuple[str, int]], int]:
+  """(video_id, label) of the split's videos preprocessing skipped, from
+  dataset_info.json, and how many skipped entries lack a split or label
+  (written before they were recorded, or input errors: not countable)."""
+  try:
+    info = records.read_dataset_info(data_dir)
+  except (FileNotFoundError, ValueError):
+    return [], 0
+  found, unknown = [], 0
+  for entry in info.get("skipped") or []:
+    if entry.get("split") is None or entry.get("label") is None:
+      unknown += 1
+    elif entry["split"] == split:
+      found.append((str(entry["video"]), int(entry["label"])))
+  return sorted(set(found)), unknown
+
+
 def main(argv: list[str]) -> int:
   """Builds (or refreshes) every shard's .meta.npz under DATA_DIR, once."""
   if len(argv) != 2:

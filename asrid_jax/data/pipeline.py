@@ -268,10 +268,48 @@ def make_train_iterator(
   return _finish(ds, cfg, local, sharding)
 
 
-def _eval_plan(cfg: DataConfig, split: str, global_batch_size: int):
+def subset_videos(index, max_videos: int) -> np.ndarray:
+  """A fixed, label-stratified subset of at most `max_videos` video_idx.
+
+  Each label keeps its share of the split (at least one video when it has
+  any); within a label the videos with the smallest CRC-32C of their id are
+  taken, so the subset is the same in every run and on every host, and
+  mostly the same when videos are added.
+  """
+  import google_crc32c  # pylint: disable=g-import-not-at-top
+
+  labels = index.video_labels()
+  n = len(labels)
+  if max_videos <= 0 or max_videos >= n:
+    return np.arange(n)
+  keys = np.asarray(
+    [google_crc32c.value(v.encode("utf-8")) for v in index.video_ids],
+    np.int64,
+  )
+  chosen = []
+  for label in (0, 1):
+    members = np.flatnonzero(labels == label)
+    if not len(members):
+      continue
+    k = max(1, int(round(max_videos * len(members) / n)))
+    chosen.append(members[np.argsort(keys[members], kind="stable")[:k]])
+  return np.sort(np.concatenate(chosen))
+
+
+def _eval_plan(
+  cfg: DataConfig, split: str, global_batch_size: int, max_videos: int = 0
+):
   p, count = cfg.processes()
   local = _local_batch_size(global_batch_size, count)
   index, examples, _ = _examples(cfg, split)
+  if max_videos > 0:
+    keep = np.zeros(len(index.video_ids), bool)
+    keep[subset_videos(index, max_videos)] = True
+    if cfg.sampling == "picture":
+      video_of = index.video[examples[:, 0]]
+    else:
+      video_of = index.track_video[examples[:, 0]]
+    examples = examples[keep[video_of]]
   # Every process runs the same number of batches (lock-step steps).
   num_batches = max(1, math.ceil(math.ceil(len(examples) / count) / local))
   part = examples[p::count]
@@ -281,23 +319,32 @@ def _eval_plan(cfg: DataConfig, split: str, global_batch_size: int):
 
 
 def eval_num_batches(
-  *, split: str, global_batch_size: int, **data_config
+  *, split: str, global_batch_size: int, max_videos: int = 0, **data_config
 ) -> int:
   """How many batches `make_eval_iterator` yields (for progress bars)."""
   cfg = DataConfig.create(**data_config)
-  return _eval_plan(cfg, split, global_batch_size)[3]
+  return _eval_plan(cfg, split, global_batch_size, max_videos)[3]
 
 
 def make_eval_iterator(
-  *, split: str, global_batch_size: int, sharding, **data_config
+  *,
+  split: str,
+  global_batch_size: int,
+  sharding,
+  max_videos: int = 0,
+  **data_config,
 ) -> grain.DatasetIterator:
   """One ordered pass over a split, no augmentation, last batch padded.
 
   Rows with `_mask` False are padding (zeros, video_idx -1). Arguments as in
   `make_train_iterator`; augment / sbi_prob / balance / real_only are ignored.
+  `max_videos` > 0 limits the pass to `subset_videos` (periodic validation
+  during training; full passes are for `evaluate`).
   """
   cfg = DataConfig.create(**data_config)
-  index, padded, local, num_batches = _eval_plan(cfg, split, global_batch_size)
+  index, padded, local, num_batches = _eval_plan(
+    cfg, split, global_batch_size, max_videos
+  )
   logging.info(
     "eval %s/%s: %d batches of %d per process",
     cfg.dir,

@@ -7,12 +7,16 @@ An *example* is one row `(key, slot)` of an int64 table:
   * picture sampling: key = record id, slot = 0 (one crop, T = 1);
   * video sampling: key = face-track id, slot = which clip of the track.
     A track of n frames has ceil(n / T) clip slots. At evaluation slot k is
-    frames [k*T, k*T + T): non-overlapping clips that cover every frame once.
-    In training each slot draws a random start in [0, n - T] (per-record RNG),
-    so every window of the track is seen over the epochs at the same rate.
-    The tail clip (eval) and tracks shorter than T are padded by repeating
-    the last frame, with frame_order = -1 marking the repeated positions;
-    `short_tracks='skip'` drops tracks shorter than T instead.
+    frames [k*T, k*T + T), except the last slot, which is the last T frames
+    of the track (`clip_frames`): every clip is T real, consecutive frames,
+    as in training, and the tail clip overlaps its neighbour (frame scores
+    average the duplicates). In training each slot draws a random start in
+    [0, n - T] (per-record RNG), so every window of the track is seen over
+    the epochs at the same rate. Only a track shorter than T gives a padded
+    clip: its last frame repeated, frame_order = -1 marking the repeats,
+    which the temporal head masks out (`frame_mask`); train, evaluate and
+    predict cut clips with the same function. `short_tracks='skip'` drops
+    tracks shorter than T instead.
   * key = -1 is padding (evaluation only): a zero example with _mask False.
 """
 
@@ -68,6 +72,24 @@ class ShardSource(grain.sources.RandomAccessDataSource):
 # ----------------------------------------------------------------------------
 # Example tables.
 # ----------------------------------------------------------------------------
+
+
+def clip_frames(n: int, clip_len: int) -> np.ndarray:
+  """The evaluation clips of an n-frame track: (ceil(n/T), T) int64 frame
+  positions, -1 where a track shorter than T is padded.
+
+  Clip k starts at k*T; the last starts at n - T (the last T frames, which
+  may overlap the previous clip) so no clip holds a repeated frame unless
+  the whole track is shorter than T.
+  """
+  if n < 1 or clip_len < 1:
+    raise ValueError(f"need n >= 1 and clip_len >= 1, got {n}, {clip_len}")
+  k = -(-n // clip_len)
+  starts = np.arange(k, dtype=np.int64) * clip_len
+  starts[-1] = max(0, n - clip_len)
+  frames = starts[:, None] + np.arange(clip_len, dtype=np.int64)
+  frames[frames >= n] = -1
+  return frames
 
 
 def make_examples(
@@ -237,8 +259,8 @@ class LoadExample(grain.transforms.RandomMap):
     n = hi - lo
     if self._random_start:
       start = int(rng.integers(0, n - t + 1)) if n > t else 0
-    else:
-      start = slot * t
+    else:  # slot k of clip_frames(n, t); the last one ends at the track end
+      start = min(slot * t, max(0, n - t))
     return idx.track_records[lo + start : lo + min(start + t, n)].tolist()
 
   def random_map(self, element, rng: np.random.Generator):

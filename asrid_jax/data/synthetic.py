@@ -94,19 +94,21 @@ def write_synthetic_shards(
   videos_per_split = videos_per_split or {"train": 10, "val": 4, "test": 4}
   data_dir = pathlib.Path(data_dir)
   summary: dict[str, dict[str, int]] = {}
+  records_by_label: dict[str, list[int]] = {}
   for split, num_videos in videos_per_split.items():
     labels = np.zeros(num_videos, np.int64)
     labels[: max(1, round(fake_fraction * num_videos))] = records.LABEL_FAKE
     labels[-1] = records.LABEL_REAL  # both labels in every split
     rng.shuffle(labels)
     count = 0
+    by_label = [0, 0]  # records per label
     for first in range(0, num_videos, videos_per_shard):
       shard = (
         data_dir / split / f"{split}-{first // videos_per_shard:05d}.tfrecord"
       )
       with records.ShardWriter(shard) as writer:
         for v in range(first, min(first + videos_per_shard, num_videos)):
-          count += _write_video(
+          n = _write_video(
             writer,
             f"{split}/video_{v:03d}.mp4",
             int(labels[v]),
@@ -115,13 +117,32 @@ def write_synthetic_shards(
             max_faces,
             image_size,
           )
+          count += n
+          by_label[int(labels[v])] += n
+    records_by_label[split] = by_label
     summary[split] = {
       "records": count,
       "videos": num_videos,
       "real": int((labels == 0).sum()),
       "fake": int((labels == 1).sum()),
     }
-  records.write_dataset_info(data_dir, {"synthetic": True, "splits": summary})
+  # dataset_info in extract_faces' layout (counts per split and label), so
+  # readers of the training prior see synthetic data like real data.
+  splits_info = {
+    split: {
+      "videos": {"REAL": v["real"], "FAKE": v["fake"]},
+      "records": {
+        "REAL": records_by_label[split][0],
+        "FAKE": records_by_label[split][1],
+      },
+      "num_videos": v["videos"],
+      "num_records": v["records"],
+    }
+    for split, v in summary.items()
+  }
+  records.write_dataset_info(
+    data_dir, {"synthetic": True, "splits": splits_info, "skipped": []}
+  )
   return summary
 
 

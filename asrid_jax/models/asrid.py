@@ -220,7 +220,10 @@ class ASRID(nnx.Module):
       )
 
   def __call__(
-    self, images: jax.Array, rngs: nnx.Rngs | jax.Array | None = None
+    self,
+    images: jax.Array,
+    rngs: nnx.Rngs | jax.Array | None = None,
+    frame_mask: jax.Array | None = None,
   ) -> dict[str, Any]:
     """Scores a batch of clips.
 
@@ -228,6 +231,9 @@ class ASRID(nnx.Module):
       images: (B, T, H, W, 3) uint8 [0, 255] or float [0, 1].
       rngs: dropout keys (nnx.Rngs, whose 'dropout' stream is used, or a
         PRNG key); needed in train mode when dropout > 0, ignored in eval.
+      frame_mask: (B, T) bool, True on real frames, False on the padding of
+        a clip shorter than T (batch 'frame_order' >= 0); the temporal head
+        ignores padded frames. None: every frame is real.
 
     Returns:
       {'frame_logits': (B, T) float32, 'clip_logit': (B,) float32 (dynamic
@@ -265,7 +271,7 @@ class ASRID(nnx.Module):
     out["frame_logits"] = frame_logits.reshape(b, t)
     if self.dynamic_head is not None:
       out["clip_logit"] = self.dynamic_head(
-        frame_feats.reshape(b, t, -1), rngs=rngs
+        frame_feats.reshape(b, t, -1), mask=frame_mask, rngs=rngs
       )
     return out
 

@@ -7,6 +7,12 @@ single clip logit. Inconsistencies between frames (flicker of a blended
 region, identity drift) are what this head can see and a per-frame head
 cannot.
 
+Clips shorter than T (a face track with fewer than T frames) arrive padded;
+`mask` (B, T), True on real frames, keeps the padding out of the
+self-attention keys and out of the time mean, so a short clip is scored on
+its real frames only. A row without any real frame (evaluation padding rows)
+is treated as all real to keep the arithmetic finite; its output is dropped.
+
 Encoder layers are pre-norm (LayerNorm before attention and MLP), which
 trains stably without warm-up at the small widths used here. Dropout layers
 hold no keys: callers pass `rngs` (nnx.Rngs) to __call__; model.eval() makes
@@ -64,9 +70,15 @@ class EncoderLayer(nnx.Module):
     self.dropout = nnx.Dropout(dropout)
 
   def __call__(
-    self, x: jax.Array, *, rngs: nnx.Rngs | None = None
+    self,
+    x: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    rngs: nnx.Rngs | None = None,
   ) -> jax.Array:
-    x = x + self.dropout(self.attn(self.norm1(x), rngs=rngs), rngs=rngs)
+    """x (B, T, D); mask (B, 1, T, T) attention mask or None."""
+    h = self.attn(self.norm1(x), mask=mask, rngs=rngs)
+    x = x + self.dropout(h, rngs=rngs)
     h = jax.nn.gelu(self.mlp_in(self.norm2(x)))
     h = self.mlp_out(self.dropout(h, rngs=rngs))
     return x + self.dropout(h, rngs=rngs)
@@ -125,8 +137,13 @@ class TemporalHead(nnx.Module):
     self.fc = nnx.Linear(width, 1, dtype=dtype, rngs=rngs)
 
   def __call__(
-    self, x: jax.Array, *, rngs: nnx.Rngs | None = None
+    self,
+    x: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    rngs: nnx.Rngs | None = None,
   ) -> jax.Array:
+    """x (B, T, F) frame vectors, mask (B, T) bool (True = real) -> (B,)."""
     if x.ndim != 3:
       raise ValueError(f"expected (B, T, F) frame vectors, got {x.shape}")
     x = x.astype(self.dtype)
@@ -134,7 +151,19 @@ class TemporalHead(nnx.Module):
       x = self.in_proj(x)
     pe = sinusoidal_encoding(x.shape[1], self.width)
     x = self.input_dropout(x + pe.astype(x.dtype), rngs=rngs)
+    attn_mask = None
+    if mask is not None:
+      if mask.shape != x.shape[:2]:
+        raise ValueError(f"mask {mask.shape} must be (B, T) = {x.shape[:2]}")
+      mask = mask.astype(bool)
+      mask = mask | ~jnp.any(mask, axis=1, keepdims=True)
+      attn_mask = nnx.make_attention_mask(mask, mask)
     for layer in self.layers:
-      x = layer(x, rngs=rngs)
-    x = jnp.mean(self.norm(x), axis=1)
+      x = layer(x, mask=attn_mask, rngs=rngs)
+    x = self.norm(x)
+    if mask is None:
+      x = jnp.mean(x, axis=1)
+    else:
+      w = mask.astype(x.dtype)[..., None]
+      x = jnp.sum(x * w, axis=1) / jnp.sum(w, axis=1)
     return self.fc(x)[:, 0].astype(jnp.float32)
