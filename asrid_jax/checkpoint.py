@@ -36,6 +36,7 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
@@ -45,6 +46,8 @@ from asrid_jax import sharding as sharding_lib
 from asrid_jax import train_state
 
 METRIC = "val_logloss"
+# The 'model' item: weights, batch statistics, and (with ema_decay) their EMAs.
+MODEL_KEYS = ("params", "model_state", "ema", "ema_stats")
 DAMAGED_DIR = "damaged_checkpoints"
 _TMP_MARK = ".orbax-checkpoint-tmp"
 _pp = ocp.checkpoint_managers
@@ -213,7 +216,7 @@ class Checkpointer:
   ) -> bool:
     """Starts an (async) save of `state` at `step`; returns if it saved."""
     model = {
-      k: state[k] for k in ("params", "model_state", "ema") if k in state
+      k: state[k] for k in MODEL_KEYS if k in state
     }
     items = dict(
       model=ocp.args.StandardSave(model),
@@ -272,11 +275,12 @@ class Checkpointer:
     self, step: int, abstract_state: Mapping[str, Any], data_iter: Any = None
   ) -> dict[str, Any]:
     """Restores the training state (and the iterator, in place)."""
-    model_t = {
-      k: abstract_state[k]
-      for k in ("params", "model_state", "ema")
-      if k in abstract_state
-    }
+    model_t = {k: abstract_state[k] for k in MODEL_KEYS if k in abstract_state}
+    # A checkpoint from before EMA batch statistics existed: they start as
+    # the raw statistics (what evaluation used then).
+    fill_stats = "ema_stats" in model_t and not self.has_item(step, "ema_stats")
+    if fill_stats:
+      del model_t["ema_stats"]
     opt_t = {"opt": abstract_state["opt"], "step": abstract_state["step"]}
     items = dict(
       model=ocp.args.StandardRestore(model_t),
@@ -289,6 +293,8 @@ class Checkpointer:
     out = self.manager.restore(step, args=ocp.args.Composite(**items))
     state = dict(out["model"])
     state.update(opt=out["opt"]["opt"], step=out["opt"]["step"])
+    if fill_stats:
+      state["ema_stats"] = jax.tree.map(jnp.copy, state["model_state"])
     return state
 
   def restore_model(self, step: int, abstract: Mapping[str, Any]) -> dict:
@@ -305,12 +311,23 @@ class Checkpointer:
     return ml_collections.ConfigDict(out["config"])
 
   def has_ema(self, step: int) -> bool:
-    meta = self.manager.item_metadata(step)
-    model = meta["model"] if meta is not None else None
+    return self.has_item(step, "ema")
+
+  def has_item(self, step: int, key: str) -> bool:
+    """Whether the step's 'model' item holds `key` (e.g. 'ema', 'ema_stats').
+
+    Read from the item's tree metadata file: the manager's item_metadata is
+    None for an item whose handler this process has not used yet (a fresh
+    process restoring), which made EMA weights look absent.
+    """
+    path = self.directory / str(step) / "model" / "_METADATA"
     try:
-      return model is not None and "ema" in model
-    except TypeError:
+      tree = json.loads(path.read_text())["tree_metadata"]
+    except (OSError, ValueError, KeyError):
       return False
+    return any(
+      v.get("key_metadata", [{}])[0].get("key") == key for v in tree.values()
+    )
 
   def wait(self) -> None:
     try:
@@ -432,14 +449,21 @@ def _restore_step(ckpt, step, mesh, use_ema):
     use_ema = bool(config.get("eval", {}).get("use_ema", True))
   if ckpt.has_ema(step):
     target["ema"] = _abstract(params, p_shard)
+  if ckpt.has_item(step, "ema_stats"):
+    target["ema_stats"] = _abstract(rest, r_shard)
   restored = ckpt.restore_model(step, target)
   chosen = (
     restored["ema"] if use_ema and "ema" in restored else restored["params"]
   )
+  # EMA weights go with the EMA of the batch statistics (BatchNorm running
+  # statistics of the raw weights do not match them).
+  stats = restored["model_state"]
+  if chosen is restored.get("ema") and "ema_stats" in restored:
+    stats = restored["ema_stats"]
   logging.info(
     "step %d: %s parameters",
     step,
     "EMA" if chosen is restored.get("ema") else "raw",
   )
-  model = spec.merge(chosen, restored["model_state"], train=False)
+  model = spec.merge(chosen, stats, train=False)
   return config, model, step

@@ -293,4 +293,10 @@ def ema_update(
   """
   step = jnp.asarray(step, jnp.float32)
   d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
-  return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+
+  def avg(e, p):
+    if not jnp.issubdtype(jnp.asarray(e).dtype, jnp.floating):
+      return p  # counters and the like are not averaged
+    return (d * e + (1.0 - d) * p).astype(jnp.asarray(e).dtype)
+
+  return jax.tree.map(avg, ema, params)

@@ -177,8 +177,12 @@ class Trainer:
       "step": jax.ShapeDtypeStruct((), jnp.int32),
     }
     if self.ema_decay:
+      # EMA of the weights and of the batch statistics: evaluating EMA
+      # weights with the raw weights' BatchNorm statistics mismatches them.
       self.state_sharding["ema"] = p_sh
       self._abstract["ema"] = params
+      self.state_sharding["ema_stats"] = {k: self.repl for k in rest}
+      self._abstract["ema_stats"] = rest
     dp = sharding_lib.data_parallel_size(mesh)
     micro = config.batch_size // max(self.accum, 1)
     if config.batch_size % self.accum or micro % dp:
@@ -255,6 +259,7 @@ class Trainer:
       }
       if self.ema_decay:
         state["ema"] = jax.tree.map(jnp.copy, params)
+        state["ema_stats"] = jax.tree.map(jnp.copy, rest)
       return state
 
     return jax.jit(make, out_shardings=self.state_sharding)(params, rest)
@@ -264,8 +269,9 @@ class Trainer:
     use_ema = self.ema_decay and self.config.get("eval", {}).get(
       "use_ema", True
     )
-    params = state["ema"] if use_ema else state["params"]
-    return self.spec.merge(params, state["model_state"], train=False)
+    if use_ema:
+      return self.spec.merge(state["ema"], state["ema_stats"], train=False)
+    return self.spec.merge(state["params"], state["model_state"], train=False)
 
   def feed_validation_loss(self, state: dict, loss: float) -> dict:
     if self.opt.plateau is None:
@@ -382,6 +388,9 @@ class Trainer:
     if self.ema_decay:
       new_state["ema"] = optim.ema_update(
         state["ema"], new_params, self.ema_decay, state["step"]
+      )
+      new_state["ema_stats"] = optim.ema_update(
+        state["ema_stats"], rest, self.ema_decay, state["step"]
       )
     lrs = optim.learning_rates(self.opt, opt_state, state["step"])
     metrics = {"loss": terms, "opt": {"grad_norm": grad_norm, **lrs}}
