@@ -72,6 +72,22 @@ def training_priors(data_dir: str, split: str = "train") -> dict[str, float]:
   return out
 
 
+def default_priors(data_dir: str) -> dict[str, float]:
+  """Training priors from DATA_DIR/dataset_info.json (no record is read);
+  counted from the train split's index only for shards without one."""
+  from asrid_jax import model_info
+
+  info = model_info.training_info(None, data_dir)
+  priors = model_info.priors_from_info(info)
+  if priors:
+    return priors
+  try:
+    return training_priors(data_dir)
+  except FileNotFoundError as e:
+    logging.warning("no prior baseline: %s", e)
+    return {}
+
+
 def _check_schema(data_dir) -> None:
   """Refuses shards whose dataset_info.json has another schema version."""
   from asrid_jax.data import records
@@ -115,6 +131,8 @@ def evaluate(
   eps: float = metrics_lib.DFDC_EPS,
   confident_kwargs: Mapping[str, Any] | None = None,
   progress: bool = True,
+  max_videos: int = 0,
+  should_stop: Any = None,
 ) -> EvalResult:
   """One exact pass of `model` over `split`; metrics at every level.
 
@@ -125,14 +143,18 @@ def evaluate(
     split: 'train', 'val' or 'test' under config.data.dir (or `data_dir`).
     mesh: the device mesh; default: built from config.mesh on all devices.
     batch_size: global clips per batch; default config.eval.batch_size.
-    priors: training FAKE fractions per level; default: counted from the
-      'train' split of the same data dir (none when it has no shards).
-    strategy, track_reduce, clip, score_source, eps, confident_kwargs: see
+    priors: training FAKE fractions per level; default: from the data
+      dir's dataset_info.json 'train' counts (`default_priors`).
+    strategy, track_reduce, clip: the video aggregation; None takes
+      config.eval's (`scoring.aggregation_settings`), which predict uses too.
+    score_source, eps, confident_kwargs: see
       `scoring.summarize`.
     progress: tqdm bar (process 0 only).
+    max_videos: > 0 evaluates a fixed label-stratified subset of that many
+      videos (`pipeline.subset_videos`; train.py's periodic validation).
+    should_stop: `scoring.collect`'s early stop (SIGTERM); a cut pass has
+      metrics['interrupted'] True.
 
-  max_videos: int = 0,
-  should_stop: Any = None,
   Returns:
     EvalResult; `result.log_loss` is the video-level DFDC LogLoss.
   """
@@ -150,19 +172,11 @@ def evaluate(
   batch_size = int(
     batch_size or eval_config.get("batch_size", config.batch_size)
   )
-    max_videos: > 0 evaluates a fixed label-stratified subset of that many
-      videos (`pipeline.subset_videos`; train.py's periodic validation).
-    should_stop: `scoring.collect`'s early stop (SIGTERM); a cut pass has
-      metrics['interrupted'] True.
   # Round up to a multiple of the data-parallel size: padding rows are masked.
   dp = sharding_lib.data_parallel_size(mesh)
   batch_size = -(-batch_size // dp) * dp
   if priors is None:
-    try:
-      priors = training_priors(data_dir)
-    except FileNotFoundError as e:
-      logging.warning("no prior baseline: %s", e)
-      priors = {}
+    priors = default_priors(data_dir)
 
   _place_on_mesh(model, mesh)
   forward = scoring.make_forward(model)
@@ -177,6 +191,7 @@ def evaluate(
     split=split,
     global_batch_size=batch_size,
     sharding=sharding_lib.batch_sharding(mesh),
+    max_videos=max_videos,
     **data_config,
   )
   start = time.perf_counter()
@@ -186,27 +201,9 @@ def evaluate(
     total=total,
     desc=f"eval {split}",
     progress=progress,
+    should_stop=should_stop,
   )
   seconds = time.perf_counter() - start
-  result, rows = scoring.summarize(
-    preds,
-    ids,
-    max_videos=max_videos,
-    priors=priors,
-    **scoring.aggregation_settings(
-      config.get("eval"),
-      strategy=strategy,
-      track_reduce=track_reduce,
-      clip=clip,
-    ),
-    score_source=score_source,
-    eps=eps,
-    confident_kwargs=confident_kwargs,
-  )
-  result.update(
-    should_stop=should_stop,
-    split=split,
-    data_dir=str(data_dir),
   if preds.interrupted:
     logging.warning("evaluation of %s cut short (stop requested)", split)
     if preds.frame_probs.size == 0:
@@ -224,12 +221,31 @@ def evaluate(
       data_dir,
       unknown,
     )
+  result, rows = scoring.summarize(
+    preds,
+    ids,
+    skipped=skipped,
+    priors=priors,
+    **scoring.aggregation_settings(
+      config.get("eval"),
+      strategy=strategy,
+      track_reduce=track_reduce,
+      clip=clip,
+    ),
+    score_source=score_source,
+    eps=eps,
+    confident_kwargs=confident_kwargs,
+  )
+  result.update(
+    split=split,
+    data_dir=str(data_dir),
     variant=config.model.get("variant"),
     batch_size=batch_size,
     num_batches=total,
-    skipped=skipped,
     devices=int(mesh.devices.size),
     seconds=round(seconds, 3),
+    max_videos=int(max_videos),
+    interrupted=bool(preds.interrupted),
   )
   return EvalResult(result, rows, preds)
 
@@ -244,8 +260,6 @@ VIDEO_CSV_HEADER = (
   "score",
   "score_mean",
   "score_confident",
-    max_videos=int(max_videos),
-    interrupted=bool(preds.interrupted),
   "frames_used",
   "tracks",
 )
@@ -393,11 +407,19 @@ def run(args: argparse.Namespace) -> tuple[EvalResult, dict[str, pathlib.Path]]:
   confident = {}
   if args.min_fake_count is not None:
     confident["min_fake_count"] = args.min_fake_count
+  # The prior is the model's own training data's (stored with the model),
+  # whatever shards it is evaluated on (an external test set has no train).
+  from asrid_jax import model_info
+
+  priors = model_info.priors_from_info(
+    model_info.training_info(workdir, config.data.dir)
+  )
   result = evaluate(
     config,
     model,
     args.split,
     data_dir=args.data_dir,
+    priors=priors or None,
     mesh=mesh,
     batch_size=args.batch_size,
     strategy=args.strategy,

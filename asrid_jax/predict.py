@@ -1,7 +1,11 @@
 r"""Score raw videos: P(FAKE) per video, a DFDC submission CSV, heatmaps.
 
-  python -m asrid_jax.predict --workdir=DIR VIDEO_OR_DIR... [--out=DIR] \
+  python -m asrid_jax.predict VIDEO_OR_DIR... [--workdir=DIR] [--out=DIR] \
       [--heatmaps] [--checkpoint=best|latest|STEP]
+
+Without --workdir the shipped model scores the videos: models/dfdc_faces
+(frame-level sta_new trained on real DFDC face crops; its README.md is the
+model card).
 
 No preprocessing step is needed: each video goes through the very code that
 built the training shards (`preprocessing.faces.extract_video_faces`: decode
@@ -200,6 +204,7 @@ def run_batched(
   forward: Callable[..., Mapping[str, Any]],
   clips: np.ndarray,
   batch_size: int,
+  orders: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
   """forward over fixed-size batches (zero-padded: one compiled shape).
 
@@ -209,13 +214,12 @@ def run_batched(
     orders = np.zeros(clips.shape[:2], np.int64)
   outs: dict[str, list[np.ndarray]] = {}
   for start in range(0, len(clips), batch_size):
-  orders: np.ndarray | None = None,
     chunk = clips[start : start + batch_size]
+    order = orders[start : start + batch_size].astype(np.int32)
     n = len(chunk)
     if n < batch_size:
       pad = np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)
       chunk = np.concatenate([chunk, pad])
-    order = orders[start : start + batch_size].astype(np.int32)
       order = np.concatenate(
         [order, np.full((batch_size - n,) + order.shape[1:], -1, np.int32)]
       )
@@ -240,11 +244,11 @@ class PredictOptions:
   batch_size: int = 8  # clips per model call
   strategy: str = "mean"  # per track: 'mean' or 'confident'
   track_reduce: str = "max"  # over tracks: 'max' or 'mean'
+  clip: tuple[float, float] | None = None  # (lo, hi) of the video score
   fallback: float = 0.5
   jpeg_quality: int | None = 95  # the shards' JPEG quality
   heatmap_dir: pathlib.Path | None = None
   heatmap_frames: int = 4  # rows per face track in a heatmap
-  clip: tuple[float, float] | None = None  # (lo, hi) of the video score
   heatmap_tile: int = 192
   # Heatmap file names already taken in this run ('sub/x.mp4' and
   # 'sub__x.mp4' would both flatten to 'sub__x').
@@ -302,12 +306,12 @@ def predict_video(
     result.score = metrics_lib.reduce_scores(
       result.track_scores, options.track_reduce
     )
+    if options.clip is not None:
+      result.score = float(np.clip(result.score, *options.clip))
     if options.heatmap_dir is not None:
       crops, maps, captions = heatmaps.pick_rows(
         track_outputs, options.heatmap_frames
       )
-    if options.clip is not None:
-      result.score = float(np.clip(result.score, *options.clip))
       captions[0] += f"  video {result.score:.2f}"
       grid = heatmaps.render_heatmap(
         crops, maps, captions, tile=options.heatmap_tile
@@ -364,10 +368,6 @@ def predict_videos(
 # ---------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-    prog="python -m asrid_jax.predict",
-    description="P(FAKE) for raw videos, a DFDC submission CSV, heatmaps.",
 def _clip_arg(text: str) -> tuple[float, float]:
   lo, sep, hi = text.partition(",")
   if not sep:
@@ -375,10 +375,19 @@ def _clip_arg(text: str) -> tuple[float, float]:
   return float(lo), float(hi)
 
 
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+    prog="python -m asrid_jax.predict",
+    description="P(FAKE) for raw videos, a DFDC submission CSV, heatmaps.",
   )
   a = p.add_argument
   a("inputs", nargs="+", metavar="VIDEO_OR_DIR")
-  a("--workdir", required=True, help="training workdir (has checkpoints/)")
+  a(
+    "--workdir",
+    default=None,
+    help="training workdir or exported model (has checkpoints/); default: "
+    "the shipped models/dfdc_faces",
+  )
   a(
     "--checkpoint",
     default="best",
@@ -451,6 +460,10 @@ def run(args: argparse.Namespace) -> tuple[list[VideoPrediction], dict]:
   videos = find_videos(args.inputs)
   if not videos:
     raise FileNotFoundError(f"no video found in {args.inputs}")
+  from asrid_jax import model_info
+
+  if args.workdir is None:
+    args.workdir = str(model_info.DEFAULT_MODEL)
   workdir = pathlib.Path(args.workdir)
   if not (workdir / "checkpoints").is_dir():
     raise FileNotFoundError(
@@ -461,7 +474,18 @@ def run(args: argparse.Namespace) -> tuple[list[VideoPrediction], dict]:
   config, model, step = checkpoint_lib.restore_for_eval(
     workdir, args.checkpoint, mesh, use_ema=args.ema
   )
-  info = _dataset_info(args.data_dir or config.data.dir)
+  # Faces are cut as the training crops were: the data dir given, else the
+  # model's own copy of its training dataset_info, else the config's dir.
+  if args.data_dir:
+    info = _dataset_info(args.data_dir)
+  else:
+    info = model_info.training_info(workdir, config.data.dir)
+  crop_margin = ((info or {}).get("settings") or {}).get("crop_margin")
+  if crop_margin == "unknown":
+    logging.warning(
+      "the training crops' margin is unknown (import_faces --crop_margin "
+      "unknown): cutting faces with the default margin"
+    )
   settings, detector_kwargs = face_settings_from_info(
     info,
     frame_step=args.frame_step,
@@ -513,6 +537,24 @@ def run(args: argparse.Namespace) -> tuple[list[VideoPrediction], dict]:
     videos, extract=extract, forward=forward, options=options
   )
   paths = write_outputs(results, out_dir)
+  # How the scores were made, beside the CSV (a submission is reproducible).
+  paths["settings"] = out_dir / "predict_settings.json"
+  from asrid_jax.data import records
+
+  records.write_json_atomic(
+    paths["settings"],
+    {
+      "workdir": str(workdir),
+      "step": int(step),
+      "strategy": options.strategy,
+      "track_reduce": options.track_reduce,
+      "clip": list(options.clip) if options.clip else None,
+      "fallback": options.fallback,
+      "confident_min_fake_count": "floor(n * 11 / 32)",
+      "clip_len": options.clip_len,
+      "dynamic": options.dynamic,
+    },
+  )
   meta = {
     "step": step,
     "variant": config.model.variant,
@@ -537,24 +579,6 @@ def main(argv: list[str] | None = None) -> int:
     ValueError,
     checkpoint_lib.CheckpointError,  # no usable checkpoint
   ) as e:
-  # How the scores were made, beside the CSV (a submission is reproducible).
-  paths["settings"] = out_dir / "predict_settings.json"
-  from asrid_jax.data import records
-
-  records.write_json_atomic(
-    paths["settings"],
-    {
-      "workdir": str(workdir),
-      "step": int(step),
-      "strategy": options.strategy,
-      "track_reduce": options.track_reduce,
-      "clip": list(options.clip) if options.clip else None,
-      "fallback": options.fallback,
-      "confident_min_fake_count": "floor(n * 11 / 32)",
-      "clip_len": options.clip_len,
-      "dynamic": options.dynamic,
-    },
-  )
     print(f"predict: error: {e}", file=sys.stderr)
     return 1
   print(

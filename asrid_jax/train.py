@@ -253,6 +253,10 @@ def _train_locked(config, workdir, on_step) -> dict[str, Any]:
   )
   if main_process:
     (workdir / "config.json").write_text(config.to_json(indent=2))
+    # The model keeps its training data's info (priors, crop convention).
+    from asrid_jax import model_info  # pylint: disable=g-import-not-at-top
+
+    model_info.store_training_info(config.data.dir, workdir)
 
   # ------------------------------------------------------------ Input
   from asrid_jax.data import pipeline  # pylint: disable=g-import-not-at-top
