@@ -72,7 +72,9 @@ def priors_from_info(info: dict[str, Any] | None) -> dict[str, float]:
   train = ((info or {}).get("splits") or {}).get("train") or {}
   out = {}
   for level, key in (("frame", "records"), ("video", "videos")):
-    counts = train.get(key) or {}
+    counts = train.get(key)
+    if not isinstance(counts, dict):  # no per-label counts (old/other info)
+      continue
     total = counts.get("FAKE", 0) + counts.get("REAL", 0)
     if total:
       out[level] = counts.get("FAKE", 0) / total
