@@ -308,58 +308,63 @@ def run(
     logging.warning("note: %s: %s", note.name, note.reason)
   mine = splits_lib.partition(groups, args.num_workers, args.worker_index)
   out = output_lib.OutputDir(args.output, args.num_workers, args.worker_index)
-  out.prepare(stored_settings(args), args.overwrite)
-  for m in out.manifests():  # a group keeps the split it was written to
-    for v in m["videos"]:
-      split_of[v.get("original") or v["video_id"]] = m["split"]
-  done = out.done_videos()
-  todo = [
-    (by_id[v.video_id], split_of[g.key])
-    for g in mine
-    for v in g.videos
-    if v.video_id not in done
-  ]
-  summary.already_done = sum(len(g) for g in mine) - len(todo)
-  if todo and detector is None and args.detect:
-    detector = make_detector(args)
-  sink = output_lib.ShardSink(out, args.records_per_shard)
-  batch = _Batch()
+  # Released however run() ends: a kept exception would otherwise hold
+  # the lock and make every later run in this process OutputBusyError.
   try:
-    total = sum(len(v.frames) for v, _ in todo)
-    with tqdm(total=total, unit="image", desc="import_faces") as bar:
-      for video, split in todo:
-        images = []
-        for path in video.frames:
-          try:
-            images.append(load_square(path, args.image_size))
-          except ValueError as e:
-            logging.warning("skipped image: %s", e)
-            summary.bad_images += 1
-            images.append(str(e))
-        batch.add(video, split, images)
-        if batch.num_images >= args.batch_size:
-          _flush(batch, detector, args, out, sink, summary)
-          batch = _Batch()
-        bar.update(len(video.frames))
-        bar.set_postfix(no_face=summary.no_face, bad=summary.bad_images)
-      _flush(batch, detector, args, out, sink, summary)
-    sink.close()
-  except BaseException:
-    sink.abort()
-    raise
-  my_ids = [v.video_id for g in mine for v in g.videos]
-  records.write_json_atomic(
-    out.finished_marker, {"videos": len(my_ids), "groups": len(mine)}
-  )
-  summary.info = merge_info(out, args, found, issues, notes)
-  summary.seconds = time.perf_counter() - start
-  if my_ids and not summary.info.get("num_videos"):
-    raise NothingImportedError(
-      f"none of the {len(my_ids)} videos of worker {args.worker_index} of "
-      f"{args.num_workers} had a readable image; reasons are in "
-      f"{out.work} (*.skipped.jsonl)"
+    out.prepare(stored_settings(args), args.overwrite)
+    for m in out.manifests():  # a group keeps the split it was written to
+      for v in m["videos"]:
+        split_of[v.get("original") or v["video_id"]] = m["split"]
+    done = out.done_videos()
+    todo = [
+      (by_id[v.video_id], split_of[g.key])
+      for g in mine
+      for v in g.videos
+      if v.video_id not in done
+    ]
+    summary.already_done = sum(len(g) for g in mine) - len(todo)
+    if todo and detector is None and args.detect:
+      detector = make_detector(args)
+    sink = output_lib.ShardSink(out, args.records_per_shard)
+    batch = _Batch()
+    try:
+      total = sum(len(v.frames) for v, _ in todo)
+      with tqdm(total=total, unit="image", desc="import_faces") as bar:
+        for video, split in todo:
+          images = []
+          for path in video.frames:
+            try:
+              images.append(load_square(path, args.image_size))
+            except ValueError as e:
+              logging.warning("skipped image: %s", e)
+              summary.bad_images += 1
+              images.append(str(e))
+          batch.add(video, split, images)
+          if batch.num_images >= args.batch_size:
+            _flush(batch, detector, args, out, sink, summary)
+            batch = _Batch()
+          bar.update(len(video.frames))
+          bar.set_postfix(no_face=summary.no_face, bad=summary.bad_images)
+        _flush(batch, detector, args, out, sink, summary)
+      sink.close()
+    except BaseException:
+      sink.abort()
+      raise
+    my_ids = [v.video_id for g in mine for v in g.videos]
+    records.write_json_atomic(
+      out.finished_marker, {"videos": len(my_ids), "groups": len(mine)}
     )
-  return summary
+    summary.info = merge_info(out, args, found, issues, notes)
+    summary.seconds = time.perf_counter() - start
+    if my_ids and not summary.info.get("num_videos"):
+      raise NothingImportedError(
+        f"none of the {len(my_ids)} videos of worker {args.worker_index} of "
+        f"{args.num_workers} had a readable image; reasons are in "
+        f"{out.work} (*.skipped.jsonl)"
+      )
+    return summary
+  finally:
+    out.unlock()
 
 
 def _flush(batch, detector, args, out, sink, summary) -> None:
