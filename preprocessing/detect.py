@@ -108,10 +108,10 @@ class MTCNNDetector:
     self.min_face_size = min_face_size
     # MTCNN's minimum size is in the pixels of the image it sees; below its
     # 12-pixel cell it would upsample every frame, which only costs time.
-    detect_min = max(12, round(min_face_size * downscale))
+    self._detect_min = max(12, round(min_face_size * downscale))
     self._mtcnn = MTCNN(
       keep_all=True,
-      min_face_size=detect_min,
+      min_face_size=self._detect_min,
       thresholds=list(thresholds),
       select_largest=False,
       post_process=False,
@@ -119,15 +119,38 @@ class MTCNNDetector:
     )
     self._mtcnn.eval()
 
-  def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
-    """Finds faces in RGB uint8 frames of one size; full-resolution boxes."""
+  def detect(
+    self,
+    frames: Sequence[np.ndarray],
+    *,
+    min_face_size: float | None = None,
+  ) -> list[Detections]:
+    """Finds faces in RGB uint8 frames of one size; full-resolution boxes.
+
+    Args:
+      frames: RGB uint8 frames, all of one size.
+      min_face_size: smallest face to find, full-resolution pixels; when it
+        is above the detector's own, MTCNN's image pyramid starts at a
+        coarser level (most of its cost: it shrinks with the square of the
+        ratio). The frames keep the detector's resolution, so the later
+        stages, which place the boxes, see the same pixels as before.
+    """
+    detect_min = self._detect_min
+    if min_face_size is not None and min_face_size > self.min_face_size:
+      detect_min = max(detect_min, round(min_face_size * self.downscale))
+    downscale = self.downscale
     results = []
     for start in range(0, len(frames), self.batch_size):
       chunk = frames[start : start + self.batch_size]
-      small = np.stack([downscale_frame(f, self.downscale) for f in chunk])
+      small = np.stack([downscale_frame(f, downscale) for f in chunk])
       sy = small.shape[1] / chunk[0].shape[0]
       sx = small.shape[2] / chunk[0].shape[1]
-      boxes, probs, points = self._mtcnn.detect(small, landmarks=True)
+      # facenet-pytorch reads its minimum size at call time.
+      self._mtcnn.min_face_size = detect_min
+      try:
+        boxes, probs, points = self._mtcnn.detect(small, landmarks=True)
+      finally:
+        self._mtcnn.min_face_size = self._detect_min
       for b, p, pts in zip(boxes, probs, points, strict=True):
         results.append(to_full_resolution(_as_detections(b, p, pts), sx, sy))
     return results

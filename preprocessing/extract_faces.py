@@ -55,9 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
   # Detection.
   a("--downscale", type=float, default=0.5, help="detect on resized frames")
   a("--min_face_size", type=int, default=40, help="full-resolution pixels")
-  a("--thresholds", type=_floats, default=(0.6, 0.7, 0.7), help="MTCNN")
+  a(
+    "--thresholds",
+    type=output_lib.floats,
+    default=(0.6, 0.7, 0.7),
+    help="MTCNN",
+  )
   a("--device", default="cpu", help="cpu or cuda[:N]")
   a("--batch_size", type=int, default=8, help="frames per MTCNN call")
+  a(
+    "--detect_relative_size",
+    type=float,
+    default=0.0,
+    help="after the first frame, search faces down to this fraction of its "
+    "largest face only, e.g. 0.4 (0: every frame at --downscale/"
+    "--min_face_size; the default: 0.4 lost low-score faces, bench/"
+    "preprocess_bench.py)",
+  )
   a(
     "--reuse_boxes",
     action=argparse.BooleanOptionalAction,
@@ -70,46 +84,53 @@ def build_parser() -> argparse.ArgumentParser:
   a("--min_track_fraction", type=float, default=0.2)
   a("--min_track_length", type=int, default=2)
   a("--min_track_score", type=float, default=0.75)
+  a(
+    "--min_track_relative_size",
+    type=float,
+    default=0.5,
+    help="drop tracks smaller (median box height) than this fraction of "
+    "the main face's (0: keep every size)",
+  )
+  a("--track_rank", choices=("weight", "length"), default="weight")
+  a(
+    "--legacy_faces",
+    action="store_true",
+    help="detection and track rule exactly as before issue 13 (sets "
+    "--detect_relative_size 0 --min_track_relative_size 0 "
+    "--track_rank length)",
+  )
   # Crops.
   a("--margin", type=float, default=1 / 3, help="fraction of the box a side")
   a("--image_size", type=int, default=380, help="square crop side")
   a("--jpeg_quality", type=int, default=95)
-  # Splits.
-  a("--seed", type=int, default=0, help="seed of the group split")
-  a("--split_ratios", type=_floats, default=(0.7, 0.2, 0.1))
-  a(
-    "--splits_from",
-    choices=("seed", "input"),
-    default="seed",
-    help="'input' honours the split given by metadata.json / the CSV",
-  )
-  # Scale-out and output.
-  a("--num_workers", type=int, default=1)
-  a("--worker_index", type=int, default=0)
-  a("--records_per_shard", type=int, default=1000)
-  a("--overwrite", action="store_true", help="redo instead of resuming")
+  output_lib.add_split_and_output_args(p, (0.7, 0.2, 0.1), 1000)
   return p
 
 
-def _floats(text: str) -> tuple[float, ...]:
-  return tuple(float(v) for v in text.split(","))
-
-
 def face_settings(args: argparse.Namespace) -> faces_lib.FaceSettings:
-  return faces_lib.FaceSettings(
+  legacy = getattr(args, "legacy_faces", False)
+  settings = faces_lib.FaceSettings(
     frame_step=args.frame_step,
     max_frames=args.max_frames,
     min_frames=args.min_frames,
     margin=args.margin,
     image_size=args.image_size,
+    detect_relative_size=args.detect_relative_size,
     tracks=TrackSettings(
       iou_threshold=args.iou_threshold,
       max_gap=args.max_gap,
       min_fraction=args.min_track_fraction,
       min_length=args.min_track_length,
       min_score=args.min_track_score,
+      min_relative_size=args.min_track_relative_size,
+      rank=args.track_rank,
     ),
   )
+  if legacy:
+    settings = faces_lib.legacy_settings(
+      **{k: v for k, v in vars(settings).items() if k != "detect_relative_size"}
+    )
+  return settings
 
 
 def stored_settings(args: argparse.Namespace) -> dict:
@@ -422,10 +443,6 @@ def merge_info(
           **{k: entry[k] for k in ("split", "label") if k in entry},
         }
       )
-  finished = sorted(
-    int(p.name[1:6])
-    for p in out.work.glob(f"w*of{args.num_workers:05d}.finished.json")
-  )
   info = {
     "input": str(args.input),
     "image_size": args.image_size,
@@ -434,11 +451,7 @@ def merge_info(
     "splits": output_lib.summarize(manifests),
     "skipped": skipped,
     "notes": [n.as_dict() for n in notes],
-    "workers": {
-      "num_workers": args.num_workers,
-      "finished": finished,
-      "complete": len(finished) == args.num_workers,
-    },
+    "workers": output_lib.workers_info(out),
   }
   info["num_videos"] = sum(s["num_videos"] for s in info["splits"].values())
   info["num_records"] = sum(s["num_records"] for s in info["splits"].values())

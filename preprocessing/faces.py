@@ -6,6 +6,7 @@ to the model directly). Nothing here writes files.
 """
 
 import dataclasses
+import inspect
 import os
 import pathlib
 import time
@@ -16,7 +17,7 @@ import numpy as np
 from preprocessing import crop as crop_lib
 from preprocessing import tracks as tracks_lib
 from preprocessing import video as video_lib
-from preprocessing.detect import Detector
+from preprocessing.detect import Detections, Detector
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,10 @@ class FaceSettings:
     min_frames: a video with fewer sampled frames is skipped.
     margin: added to each side of a box, as a fraction of its size.
     image_size: side of the square crops.
+    detect_relative_size: after the first sampled frame (detected at the
+      detector's own settings), search faces only down to this fraction of
+      the largest face found there, on frames shrunk to match (see
+      `detect_faces`); 0 detects every frame at the detector's settings.
     tracks: linking and filtering of face tracks.
   """
 
@@ -37,10 +42,49 @@ class FaceSettings:
   min_frames: int = 8
   margin: float = 1 / 3
   image_size: int = 380
+  detect_relative_size: float = 0.0
   tracks: tracks_lib.TrackSettings = tracks_lib.TrackSettings()
 
   def as_dict(self) -> dict:
     return dataclasses.asdict(self)
+
+
+def legacy_settings(**overrides) -> FaceSettings:
+  """The settings that reproduce extraction before issue 13 exactly."""
+  tracks = dataclasses.replace(
+    overrides.pop("tracks", tracks_lib.TrackSettings()), **tracks_lib.LEGACY
+  )
+  return FaceSettings(
+    **{"detect_relative_size": 0.0, **overrides}, tracks=tracks
+  )
+
+
+def detect_faces(
+  detector: Detector, frames: list[np.ndarray], relative_size: float = 0.0
+) -> list[Detections]:
+  """Detections per frame, at a resolution set by the face size.
+
+  MTCNN's cost is its image pyramid, which grows with the square of
+  frame size / smallest face searched. A 1080p DFDC face is 130-400 px
+  tall, far above the detector's 40 px floor, so searching down to 40 px
+  on every frame is most of the cost. The first frame is detected at the
+  detector's own settings; the others only down to `relative_size` times
+  its largest face (on frames shrunk to match). The track rule drops faces
+  below `TrackSettings.min_relative_size` of the main face anyway, so
+  `relative_size` should stay below that, leaving room for the face to
+  change size during the video. Without a face in the first frame, or with
+  `relative_size` 0, or a detector without `min_face_size`, every frame is
+  detected at the detector's settings.
+  """
+  supports = "min_face_size" in inspect.signature(detector.detect).parameters
+  if relative_size <= 0 or not supports or len(frames) < 2:
+    return detector.detect(frames)
+  first = detector.detect(frames[:1])
+  if not len(first[0]):
+    return first + detector.detect(frames[1:])
+  heights = first[0].boxes[:, 3] - first[0].boxes[:, 1]
+  min_face = relative_size * float(np.max(heights))
+  return first + detector.detect(frames[1:], min_face_size=min_face)
 
 
 @dataclasses.dataclass
@@ -159,7 +203,9 @@ def extract_video_faces(
   else:
     if detector is None:
       raise ValueError(f"{path}: no detector and no fitting reference")
-    detections = detector.detect(frames.frames)
+    detections = detect_faces(
+      detector, frames.frames, settings.detect_relative_size
+    )
     kept = tracks_lib.build_tracks(detections, settings.tracks)
     if not kept:
       raw = sum(len(d) for d in detections)

@@ -4,6 +4,18 @@ MTCNN at its default thresholds often adds a second or third box on a
 single-person clip (ENVIRONMENT.md): a patch of background that looks like a
 face in a few frames. Such boxes form short or low-score tracks, which are
 dropped instead of becoming training data labelled with the video's label.
+
+Faces in photos on a wall or a picture inset behind a news anchor are real
+faces, so they survive those filters; what gives them away is their size. A
+video's score is the max over its tracks, so such a face could decide the
+verdict. The size rule: the main face is the largest (median box height)
+among the tracks long and confident enough; a track whose median height is
+below `min_relative_size` times the main face's is dropped. The kept tracks
+are ranked by weight = relative size * fraction of frames present * mean
+score * stability (median IoU of consecutive boxes), main face first. The
+same code runs in extract_faces and predict (preprocessing/faces.py), and the
+settings are recorded in dataset_info.json, so both cut the same tracks.
+`min_relative_size=0, rank="length"` reproduces the earlier behaviour.
 """
 
 import dataclasses
@@ -31,6 +43,20 @@ class Track:
     return float(np.mean(self.scores))
 
   @property
+  def median_height(self) -> float:
+    b = np.stack(self.boxes)
+    return float(np.median(b[:, 3] - b[:, 1]))
+
+  @property
+  def stability(self) -> float:
+    """Median IoU of consecutive boxes; 1.0 for a one-box track."""
+    if len(self.boxes) < 2:
+      return 1.0
+    b = np.stack(self.boxes)
+    ious = [iou_matrix(b[i], b[i + 1])[0, 0] for i in range(len(b) - 1)]
+    return float(np.median(ious))
+
+  @property
   def mean_area(self) -> float:
     b = np.stack(self.boxes)
     return float(np.mean((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])))
@@ -48,6 +74,10 @@ class TrackSettings:
       sampled frames ...
     min_length: ... and in at least this many frames.
     min_score: keep tracks whose mean detector score is at least this.
+    min_relative_size: drop tracks whose median box height is below this
+      fraction of the main (largest) face's; 0 keeps every size.
+    rank: 'weight' (relative size * presence * score * stability) or
+      'length' (the earlier order: longest, then largest, then leftmost).
   """
 
   iou_threshold: float = 0.2
@@ -55,6 +85,21 @@ class TrackSettings:
   min_fraction: float = 0.2
   min_length: int = 2
   min_score: float = 0.75
+  min_relative_size: float = 0.5
+  rank: str = "weight"
+
+  def __post_init__(self):
+    if self.rank not in RANKS:
+      raise ValueError(f"track rank must be one of {RANKS}, got {self.rank!r}")
+    if not 0.0 <= self.min_relative_size <= 1.0:
+      raise ValueError(
+        f"min_relative_size must be in [0, 1], got {self.min_relative_size}"
+      )
+
+
+RANKS = ("weight", "length")
+# The settings of the track rule before sizes counted (issue 13).
+LEGACY = dict(min_relative_size=0.0, rank="length")
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -111,24 +156,46 @@ def _extend(track: Track, pos: int, det: Detections, i: int) -> None:
   track.landmarks.append(det.landmarks[i])
 
 
+def track_weight(track: Track, main_height: float, num_frames: int) -> float:
+  """How much a track matters for a verdict (see the module docstring)."""
+  relative = track.median_height / max(main_height, 1e-6)
+  presence = len(track) / max(num_frames, 1)
+  return relative * presence * track.mean_score * track.stability
+
+
 def filter_tracks(
   tracks: Sequence[Track],
   num_frames: int,
   settings: TrackSettings = TrackSettings(),
 ) -> list[Track]:
-  """Drops short and low-score tracks; orders the rest (main face first).
+  """Drops short, low-score and small tracks; orders the rest (main first).
 
-  Order: longest track first, then larger faces, then leftmost; the position
-  in the returned list is the track's `face/index`.
+  The position in the returned list is the track's `face/index`.
   """
   need = max(settings.min_length, settings.min_fraction * num_frames)
   kept = [
     t for t in tracks if len(t) >= need and t.mean_score >= settings.min_score
   ]
-  return sorted(
-    kept,
-    key=lambda t: (-len(t), -round(t.mean_area, 3), float(t.boxes[0][0])),
-  )
+  if settings.rank == "length":
+    order = sorted(
+      kept,
+      key=lambda t: (-len(t), -round(t.mean_area, 3), float(t.boxes[0][0])),
+    )
+  else:
+    main = max((t.median_height for t in kept), default=0.0)
+    order = sorted(
+      kept,
+      key=lambda t: (
+        -round(track_weight(t, main, num_frames), 6),
+        float(t.boxes[0][0]),
+      ),
+    )
+  if settings.min_relative_size > 0 and order:
+    main = max(t.median_height for t in order)
+    order = [
+      t for t in order if t.median_height >= settings.min_relative_size * main
+    ]
+  return order
 
 
 def build_tracks(
