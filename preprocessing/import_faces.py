@@ -78,24 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
   a("--device", default="cpu", help="MTCNN device: cpu or cuda[:N]")
   a("--batch_size", type=int, default=32, help="images per MTCNN call")
   a("--min_face_size", type=int, default=56, help="stored-image pixels")
-  a("--thresholds", type=_floats, default=(0.6, 0.7, 0.7), help="MTCNN")
-  a("--seed", type=int, default=0, help="seed of the group split")
-  a("--split_ratios", type=_floats, default=(0.8, 0.1, 0.1))
   a(
-    "--splits_from",
-    choices=("seed", "input"),
-    default="seed",
-    help="'input' honours a 'split' column",
+    "--thresholds",
+    type=output_lib.floats,
+    default=(0.6, 0.7, 0.7),
+    help="MTCNN",
   )
-  a("--num_workers", type=int, default=1)
-  a("--worker_index", type=int, default=0)
-  a("--records_per_shard", type=int, default=2000)
-  a("--overwrite", action="store_true", help="redo instead of resuming")
+  output_lib.add_split_and_output_args(p, (0.8, 0.1, 0.1), 2000)
   return p
-
-
-def _floats(text: str) -> tuple[float, ...]:
-  return tuple(float(v) for v in text.split(","))
 
 
 def _crop_margin(text: str) -> str | float:
@@ -459,10 +449,6 @@ def merge_info(out, args, found, issues, notes) -> dict:
       crop = {"margin": "unknown", "how": "estimate asked, but no face found"}
   elif settings["crop_margin"] == "unknown":
     crop["how"] = "not given (--crop_margin unknown)"
-  finished = sorted(
-    int(p.name[1:6])
-    for p in out.work.glob(f"w*of{args.num_workers:05d}.finished.json")
-  )
   info = {
     "input": str(args.input),
     "input_layout": found.layout,
@@ -482,11 +468,7 @@ def merge_info(out, args, found, issues, notes) -> dict:
     },
     "skipped": skipped + bad,
     "notes": [n.as_dict() for n in notes],
-    "workers": {
-      "num_workers": args.num_workers,
-      "finished": finished,
-      "complete": len(finished) == args.num_workers,
-    },
+    "workers": output_lib.workers_info(out),
   }
   if not found.groups_known:
     info["notes"].insert(

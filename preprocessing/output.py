@@ -350,3 +350,46 @@ def summarize(manifests: Sequence[dict]) -> dict:
       "num_shards": shards,
     }
   return splits
+
+
+# ----------------------------------------------------------------------------
+# What extract_faces and import_faces share on the command line and in info.
+# ----------------------------------------------------------------------------
+
+
+def floats(text: str) -> tuple[float, ...]:
+  """'0.8,0.1,0.1' -> (0.8, 0.1, 0.1) (argparse type)."""
+  return tuple(float(v) for v in text.split(","))
+
+
+def add_split_and_output_args(
+  parser, split_ratios: tuple[float, float, float], records_per_shard: int
+) -> None:
+  """--seed, --split_ratios, --splits_from, scale-out and --overwrite."""
+  a = parser.add_argument
+  a("--seed", type=int, default=0, help="seed of the group split")
+  a("--split_ratios", type=floats, default=split_ratios)
+  a(
+    "--splits_from",
+    choices=("seed", "input"),
+    default="seed",
+    help="'input' honours the split given by the input (metadata.json, a "
+    "CSV 'split' column)",
+  )
+  a("--num_workers", type=int, default=1)
+  a("--worker_index", type=int, default=0)
+  a("--records_per_shard", type=int, default=records_per_shard)
+  a("--overwrite", action="store_true", help="redo instead of resuming")
+
+
+def workers_info(out: OutputDir) -> dict:
+  """Which workers of out.num_workers have finished their part."""
+  finished = sorted(
+    int(p.name[1:6])
+    for p in out.work.glob(f"w*of{out.num_workers:05d}.finished.json")
+  )
+  return {
+    "num_workers": out.num_workers,
+    "finished": finished,
+    "complete": len(finished) == out.num_workers,
+  }
