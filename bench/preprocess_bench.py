@@ -1,130 +1,264 @@
-"""Face-extraction throughput: videos/s, frames/s, and where the time goes.
+"""Face extraction speed and agreement: the fast settings vs the legacy pass.
 
-  python -m bench.preprocess_bench [--downscales 1.0,0.5] [--device cpu]
+  python -m bench.preprocess_bench [--repeats 2] [--device cpu] [--max_videos N]
 
-Runs `preprocessing.extract_faces` end to end (decode -> MTCNN -> tracks ->
-crop -> JPEG -> shards) over the real sample videos when $ASRID_REAL_SAMPLES
-is set, else over the built-in sample (`preprocessing.make_sample`). Each
-setting writes to a fresh folder; the first row (full-resolution detection)
-is the reference the others are compared with. On the built-in sample (an
-original with fakes of the same geometry) a row without box reuse shows what
-reusing the original's boxes saves. Prints a table and writes
-bench/results/preprocess_bench.json.
+For every video (the real sample videos when $ASRID_REAL_SAMPLES is set, and
+the built-in synthetic sample) it runs `preprocessing.faces.
+extract_video_faces` (the path extract_faces and predict share) twice per
+repeat: with the legacy settings (`faces.legacy_settings()`: every frame
+searched down to the detector's 40 px, no size rule: the pass before issue
+13) and with the current track rule plus the face-size-scaled search
+(`--detect_relative_size`, default 0.4 here; off by default in
+extract_faces), alternating which goes first, on one detector. Reported per video: s/video per stage,
+the legacy/fast time ratio measured in the same run (the machine may be
+loaded by others: compare ratios), tracks found by each, and the agreement of
+the fast pass with the legacy one on the same frames:
+
+- recall: of the legacy pass's boxes in tracks the size rule keeps (the
+  same track filter applied to both), the fraction with a fast-pass box of
+  IoU >= 0.5 in the same frame; `recall_all` counts every legacy box, also
+  those of the small faces the size rule now drops;
+- median IoU of the matched boxes;
+- crops moved: matched faces whose square crop window moves by more than
+  `--shift_px` pixels of the output crop (image_size) side.
+
+Prints a table and writes bench/results/preprocess_bench.json.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
 import platform
-import shutil
 import tempfile
 import time
 
 import numpy as np
 
 from asrid_jax import reporting
-from preprocessing import extract_faces
+from preprocessing import crop as crop_lib
+from preprocessing import faces as faces_lib
+from preprocessing import tracks as tracks_lib
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
-STAGES = ("decode", "detect", "crop", "encode", "write")
+STAGES = ("decode", "detect", "crop")
 
 
-def _input(work: pathlib.Path) -> tuple[pathlib.Path, str]:
+def _videos(work: pathlib.Path, max_videos: int) -> list[tuple[str, str]]:
+  """(source, path) of the real sample videos and the synthetic sample."""
+  found = []
   real = os.environ.get("ASRID_REAL_SAMPLES")
   if real and (pathlib.Path(real) / "videos").is_dir():
-    return pathlib.Path(real) / "videos", "real sample videos"
+    found += [
+      ("real", str(p))
+      for p in sorted((pathlib.Path(real) / "videos").glob("*.mp4"))
+    ]
   from preprocessing import make_sample
 
-  make_sample.make_sample(work / "sample", progress=False)
-  return work / "sample", "built-in sample (make_sample defaults)"
+  part = make_sample.make_sample(work / "sample", progress=False)
+  synthetic = sorted(part.glob("*.mp4"))[: max(1, max_videos)]
+  found += [("synthetic", str(p)) for p in synthetic]
+  return found
 
 
-def _run(src, out, downscale, device, reuse, extra) -> dict:
-  argv = ["--input", str(src), "--output", str(out), "--device", device]
-  argv += ["--downscale", str(downscale), *extra]
-  argv += [] if reuse else ["--no-reuse_boxes"]
-  args = extract_faces.build_parser().parse_args(argv)
-  detector = extract_faces.make_detector(args)
-  # Warm-up outside the clock: the first MTCNN call allocates its buffers.
-  detector.detect([np.zeros((240, 320, 3), np.uint8)])
-  start = time.perf_counter()
-  summary = extract_faces.run(args, detector=detector)
-  seconds = time.perf_counter() - start
+def _boxes_by_frame(result: faces_lib.VideoFaces, tracks=None) -> dict:
+  out = {}
+  for t in result.raw_tracks if tracks is None else tracks:
+    for pos, box in zip(t.positions, t.boxes, strict=True):
+      out.setdefault(pos, []).append(np.asarray(box, np.float64))
+  return out
+
+
+def agreement(
+  reference: dict, candidate: dict, image_size: int, margin: float
+) -> dict:
+  """Recall, IoU and crop shifts of candidate boxes vs reference boxes."""
+  matched, ious, shifts = 0, [], []
+  total = sum(len(v) for v in reference.values())
+  for pos, ref_boxes in reference.items():
+    cand = candidate.get(pos, [])
+    if not cand:
+      continue
+    iou = tracks_lib.iou_matrix(np.stack(ref_boxes), np.stack(cand))
+    for i, box in enumerate(ref_boxes):
+      j = int(np.argmax(iou[i]))
+      if iou[i, j] < 0.5:
+        continue
+      matched += 1
+      ious.append(float(iou[i, j]))
+      x0, y0, side = crop_lib.square_region(box, margin)
+      cx0, cy0, cside = crop_lib.square_region(cand[j], margin)
+      # In output-crop pixels: what the model sees move.
+      move = max(abs(cx0 - x0), abs(cy0 - y0), abs(cside - side))
+      shifts.append(move * image_size / side)
   return {
-    "downscale": downscale,
-    "reuse_boxes": reuse,
-    "videos": summary.processed,
-    "skipped": summary.skipped,
-    "frames": summary.frames,
-    "faces": summary.faces,
-    "seconds": seconds,
-    "videos_per_s": summary.processed / seconds,
-    "frames_per_s": summary.frames / seconds,
-    "stage_seconds": dict(summary.timings),
+    "boxes": total,
+    "matched": matched,
+    "recall": matched / total if total else 1.0,
+    "median_iou": float(np.median(ious)) if ious else None,
+    "shifts": shifts,
+  }
+
+
+def _one(path, detector, settings) -> tuple[faces_lib.VideoFaces, dict]:
+  start, cpu = time.perf_counter(), time.process_time()
+  result = faces_lib.extract_video_faces(path, detector, settings)
+  # CPU seconds (all threads) beside wall time: on a machine loaded by
+  # others, wall time mostly measures the others.
+  return result, {
+    "total": time.perf_counter() - start,
+    "cpu": time.process_time() - cpu,
   }
 
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m bench.preprocess_bench")
-  p.add_argument("--downscales", default="1.0,0.5")
   p.add_argument("--device", default="cpu")
+  p.add_argument("--repeats", type=int, default=2)
   p.add_argument("--frame_step", type=int, default=10)
   p.add_argument("--max_frames", type=int, default=30)
+  p.add_argument("--max_videos", type=int, default=3, help="synthetic ones")
+  p.add_argument("--shift_px", type=float, default=4.0)
+  p.add_argument("--detect_relative_size", type=float, default=0.4)
   args = p.parse_args(argv)
   import torch
 
-  extra = ["--frame_step", str(args.frame_step)]
-  extra += ["--max_frames", str(args.max_frames), "--min_frames", "3"]
-  with tempfile.TemporaryDirectory(prefix="preprocess_bench_") as tmp:
-    work = pathlib.Path(tmp)
-    src, source = _input(work)
-    configs = [(float(d), True) for d in args.downscales.split(",")]
-    if source.startswith("built-in"):
-      configs.append((configs[-1][0], False))
-    rows = []
-    for i, (downscale, reuse) in enumerate(configs):
-      out = work / f"out{i}"
-      rows.append(_run(src, out, downscale, args.device, reuse, extra))
-      shutil.rmtree(out)
-  ref = rows[0]["seconds"]
-  for row in rows:
-    row["speedup_vs_first"] = ref / row["seconds"]
+  from preprocessing.detect import MTCNNDetector
 
-  header = (
-    "downscale",
-    "reuse",
-    "videos",
-    "frames",
-    "faces",
-    "videos/s",
-    "frames/s",
-    "speedup",
-    *(f"{s} s" for s in STAGES),
+  detector = MTCNNDetector(device=args.device)
+  # Warm-up outside the clock: the first MTCNN call allocates its buffers.
+  detector.detect([np.zeros((240, 320, 3), np.uint8)])
+  common = dict(
+    frame_step=args.frame_step, max_frames=args.max_frames, min_frames=3
   )
-  table = [
-    (
-      f"{r['downscale']:.2f}",
-      str(r["reuse_boxes"]),
-      r["videos"],
-      r["frames"],
-      r["faces"],
-      f"{r['videos_per_s']:.3f}",
-      f"{r['frames_per_s']:.2f}",
-      f"{r['speedup_vs_first']:.2f}x",
-      *(f"{r['stage_seconds'][s]:.2f}" for s in STAGES),
+  fast = faces_lib.FaceSettings(
+    **common, detect_relative_size=args.detect_relative_size
+  )
+  legacy = faces_lib.legacy_settings(**common)
+  rows = []
+  with tempfile.TemporaryDirectory(prefix="preprocess_bench_") as tmp:
+    for source, path in _videos(pathlib.Path(tmp), args.max_videos):
+      times = {"legacy": [], "fast": []}
+      for rep in range(args.repeats):
+        order = ("legacy", "fast") if rep % 2 == 0 else ("fast", "legacy")
+        for name in order:
+          settings = legacy if name == "legacy" else fast
+          result, seconds = _one(path, detector, settings)
+          times[name].append({**result.timings, **seconds})
+          if name == "legacy":
+            old = result
+          else:
+            new = result
+      if not old.ok:
+        rows.append({"video": pathlib.Path(path).name, "skip": old.skip_reason})
+        continue
+      n = len(old.frame_indices)
+      ref_tracks = tracks_lib.filter_tracks(old.raw_tracks, n, fast.tracks)
+      agree = agreement(
+        _boxes_by_frame(old, ref_tracks),
+        _boxes_by_frame(new),
+        fast.image_size,
+        fast.margin,
+      )
+      agree_all = agreement(
+        _boxes_by_frame(old), _boxes_by_frame(new), fast.image_size, fast.margin
+      )
+      mean = {
+        k: {
+          s: float(np.mean([t[s] for t in v]))
+          for s in (*STAGES, "total", "cpu")
+        }
+        for k, v in times.items()
+      }
+      rows.append(
+        {
+          "video": pathlib.Path(path).name,
+          "source": source,
+          "frames": n,
+          "size": f"{old.geometry.width}x{old.geometry.height}",
+          "tracks_legacy": len(old.tracks),
+          "tracks_fast": len(new.tracks),
+          "seconds": mean,
+          "detect_ratio": [
+            a["detect"] / b["detect"]
+            for a, b in zip(times["legacy"], times["fast"], strict=True)
+          ],
+          "decode_detect_ratio": [
+            (a["decode"] + a["detect"]) / (b["decode"] + b["detect"])
+            for a, b in zip(times["legacy"], times["fast"], strict=True)
+          ],
+          "cpu_ratio": [
+            a["cpu"] / b["cpu"]
+            for a, b in zip(times["legacy"], times["fast"], strict=True)
+          ],
+          "recall": agree["recall"],
+          "recall_all": agree_all["recall"],
+          "median_iou": agree["median_iou"],
+          "matched": agree["matched"],
+          "crops_moved": int(
+            np.sum(np.asarray(agree["shifts"]) > args.shift_px)
+          ),
+        }
+      )
+
+  ok = [r for r in rows if "skip" not in r]
+  header = (
+    "video", "size", "tracks old/new", "old dec+det s", "new dec+det s",
+    "ratio", "cpu s old/new", "cpu ratio", "recall", "recall_all", "med IoU", f"moved>{args.shift_px:g}px",
+  )  # fmt: skip
+  table = []
+  for r in ok:
+    o, f = r["seconds"]["legacy"], r["seconds"]["fast"]
+    table.append(
+      (
+        r["video"][:28],
+        r["size"],
+        f"{r['tracks_legacy']}/{r['tracks_fast']}",
+        f"{o['decode']:.2f}+{o['detect']:.2f}",
+        f"{f['decode']:.2f}+{f['detect']:.2f}",
+        "/".join(f"{x:.2f}" for x in r["decode_detect_ratio"]),
+        f"{o['cpu']:.2f}/{f['cpu']:.2f}",
+        "/".join(f"{x:.2f}" for x in r["cpu_ratio"]),
+        f"{r['recall']:.3f}",
+        f"{r['recall_all']:.3f}",
+        "-" if r["median_iou"] is None else f"{r['median_iou']:.3f}",
+        f"{r['crops_moved']}/{r['matched']}",
+      )
     )
-    for r in rows
-  ]
-  print(f"preprocess_bench on {source}, device {args.device}, "
-        f"torch threads {torch.get_num_threads()}")  # fmt: skip
+  total_old = sum(
+    r["seconds"]["legacy"]["decode"] + r["seconds"]["legacy"]["detect"]
+    for r in ok
+  )
+  total_new = sum(
+    r["seconds"]["fast"]["decode"] + r["seconds"]["fast"]["detect"] for r in ok
+  )
+  print(
+    f"preprocess_bench, device {args.device}, torch threads "
+    f"{torch.get_num_threads()}, {args.repeats} repeat(s), ratio = legacy / "
+    "fast decode+detect per repeat"
+  )
   print(reporting.format_table(header, table))
+  cpu_old = sum(r["seconds"]["legacy"]["cpu"] for r in ok)
+  cpu_new = sum(r["seconds"]["fast"]["cpu"] for r in ok)
+  print(
+    f"all videos: CPU seconds legacy {cpu_old:.2f}, fast {cpu_new:.2f} "
+    f"({cpu_old / max(cpu_new, 1e-9):.2f}x)"
+  )
+  print(
+    f"all videos: decode+detect legacy {total_old:.2f} s, fast "
+    f"{total_new:.2f} s ({total_old / max(total_new, 1e-9):.2f}x)"
+  )
+  for r in rows:
+    if "skip" in r:
+      print(f"skipped {r['video']}: {r['skip']}")
   RESULTS.mkdir(parents=True, exist_ok=True)
   result = {
-    "source": source,
+    "settings": {
+      "legacy": dataclasses.asdict(legacy),
+      "fast": dataclasses.asdict(fast),
+    },
     "device": args.device,
-    "frame_step": args.frame_step,
-    "max_frames": args.max_frames,
     "machine": {
       "cpus": os.cpu_count(),
       "torch_threads": torch.get_num_threads(),
