@@ -128,3 +128,20 @@ def test_real_footage_one_track_per_person(real_samples):
   assert np.median(main.boxes[:, 3] - main.boxes[:, 1]) > np.median(
     other.boxes[:, 3] - other.boxes[:, 1]
   )
+
+
+def test_rule_is_recorded_and_legacy_flag_sets_the_old_values():
+  from preprocessing import extract_faces
+
+  base = ["--input", "x", "--output", "y"]
+  parse = extract_faces.build_parser().parse_args
+  stored = extract_faces.stored_settings(parse(base))
+  assert stored["tracks"]["min_relative_size"] == 0.5
+  assert stored["tracks"]["rank"] == "weight"
+  assert stored["detect_relative_size"] == 0.0
+  legacy = extract_faces.stored_settings(
+    parse([*base, "--legacy_faces", "--detect_relative_size", "0.4"])
+  )
+  assert legacy["tracks"]["min_relative_size"] == 0.0
+  assert legacy["tracks"]["rank"] == "length"
+  assert legacy["detect_relative_size"] == 0.0
