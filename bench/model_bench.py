@@ -2,7 +2,7 @@
 
 Usage:
   python -m bench.model_bench [--batch 8] [--sizes 380,224]
-      [--dtypes float32,bfloat16] [--impls grouped,shifted] [--reps 5]
+      [--dtypes float32,bfloat16] [--impls grouped,shifted,shifted_vjp] [--reps 5]
 
 For each input size and dtype it times, in frames/s (batch / median time):
   * inference (eval mode, jitted forward) and
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--sizes", default="380,224")
   parser.add_argument("--dtypes", default="float32,bfloat16")
-  parser.add_argument("--impls", default="grouped,shifted")
+  parser.add_argument("--impls", default="grouped,shifted,shifted_vjp")
   parser.add_argument("--reps", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--asrid_frames", type=int, default=8)

@@ -2,20 +2,23 @@
 
 Each matches its torch counterpart numerically (padding, eps, momentum,
 running-variance update, initialisation), so converted torchvision weights
-give torchvision's outputs. The depthwise convolution has two
-implementations (`resolve_depthwise_impl`): XLA:CPU runs the grouped
-convolution 5-8x slower than a sum of shifted slices.
+give torchvision's outputs. The depthwise convolution has three
+implementations (depthwise.py; `resolve_depthwise_impl`): XLA:CPU runs the
+grouped convolution 5-8x slower than a sum of shifted slices, and the
+autodiff backward of the slices several times slower than a hand-written one.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-DepthwiseImpl = Literal["auto", "grouped", "shifted"]
+from asrid_jax.models import depthwise
+
+DepthwiseImpl = depthwise.DepthwiseImpl
 
 # torchvision's BatchNorm2d(eps=0.001, momentum=0.01); flax-style momentum is
 # the weight of the OLD running average, i.e. 1 - torch momentum.
@@ -50,14 +53,8 @@ def _activation(name: str | None, x: jax.Array) -> jax.Array:
 
 
 def resolve_depthwise_impl(impl: str) -> str:
-  """'auto' -> 'shifted' on CPU (XLA:CPU grouped conv is slow), else 'grouped'."""
-  if impl == "auto":
-    return "shifted" if jax.default_backend() == "cpu" else "grouped"
-  if impl not in ("grouped", "shifted"):
-    raise ValueError(
-      f"depthwise_impl must be 'auto', 'grouped' or 'shifted', got {impl!r}"
-    )
-  return impl
+  """'auto' -> the fastest measured form for JAX's backend (depthwise.AUTO)."""
+  return depthwise.resolve(impl)
 
 
 class Conv2d(nnx.Module):
@@ -103,8 +100,8 @@ class Conv2d(nnx.Module):
     # Resolved at trace time, so `set_attributes(depthwise_impl=...)` works
     # and 'auto' follows the backend the function is compiled for.
     impl = resolve_depthwise_impl(self.depthwise_impl)
-    if self.groups > 1 and impl == "shifted":
-      return _shifted_depthwise(x, kernel, self.stride, pad)
+    if self.groups > 1:
+      return depthwise.depthwise_conv(x, kernel, self.stride, impl)
     return jax.lax.conv_general_dilated(
       x,
       kernel,
@@ -113,38 +110,6 @@ class Conv2d(nnx.Module):
       dimension_numbers=("NHWC", "HWIO", "NHWC"),
       feature_group_count=self.groups,
     )
-
-
-def _shifted_depthwise(
-  x: jax.Array, kernel: jax.Array, stride: int, pad: int
-) -> jax.Array:
-  """Depthwise conv as a sum of k*k strided shifted slices times weights.
-
-  XLA fuses this into one loop; on XLA:CPU it is several times faster than
-  `conv_general_dilated(feature_group_count=C)` (ENVIRONMENT.md).
-  """
-  k = kernel.shape[0]
-  _, h, w, _ = x.shape
-  out_h = (h + 2 * pad - k) // stride + 1
-  out_w = (w + 2 * pad - k) // stride + 1
-  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  out = None
-  for i in range(k):
-    for j in range(k):
-      window = jax.lax.slice(
-        xp,
-        (0, i, j, 0),
-        (
-          xp.shape[0],
-          i + stride * (out_h - 1) + 1,
-          j + stride * (out_w - 1) + 1,
-          xp.shape[3],
-        ),
-        (1, stride, stride, 1),
-      )
-      term = window * kernel[i, j, 0]
-      out = term if out is None else out + term
-  return out
 
 
 class BatchNorm2d(nnx.Module):
