@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo lint bench clean-demo
+.PHONY: venv test demo lint bench clean-demo gpu-wheels
 
 # Re-installs only when a requirements file changed (fast when .venv is current).
 $(STAMP): requirements.txt requirements-torch.txt
@@ -48,6 +48,14 @@ bench: venv
 	$(PY) -m bench.model_bench
 	$(PY) -m bench.train_bench
 	$(PY) -m bench.predict_bench
+
+# Wheels for bench/gpu_check.sh on the GPU machine (Python 3.12, no network
+# there): the packages its image lacks, with their dependencies, into .whl/.
+gpu-wheels: venv
+	$(PY) -m pip download -q --disable-pip-version-check -d .whl \
+	  --python-version 3.12 --platform manylinux2014_x86_64 \
+	  --platform manylinux_2_28_x86_64 --only-binary=:all: \
+	  -r requirements-gpu.txt
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

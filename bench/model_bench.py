@@ -253,8 +253,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         rows.append(dict(size=size, dtype=dtype, impl=f"jax-{impl}", **res))
         print(_format_row(rows[-1], args.batch), flush=True)
-      asrid = bench_asrid(
-        dtype, size, args.asrid_frames, args.warmup, args.reps
+      asrid = (
+        bench_asrid(dtype, size, args.asrid_frames, args.warmup, args.reps)
+        if args.asrid_frames > 0
+        else "--asrid_frames 0"
       )
       if isinstance(asrid, str):
         print(f"ASRID dyn_mix row skipped: {asrid}")
