@@ -238,17 +238,10 @@ def run(
   if not items:
     raise NothingProcessedError(_nothing_message(args.input, issues))
   groups, notes = splits_lib.group_videos(items)
-  split_of, split_notes = splits_lib.assign_splits(
-    groups,
-    seed=args.seed,
-    ratios=args.split_ratios,
-    honour_given=args.splits_from == "input",
-  )
+  split_of, split_notes, mine, out = output_lib.plan_worker(groups, args)
   notes += split_notes
   for note in notes:
     logging.warning("note: %s: %s", note.name, note.reason)
-  mine = splits_lib.partition(groups, args.num_workers, args.worker_index)
-  out = output_lib.OutputDir(args.output, args.num_workers, args.worker_index)
   try:
     return _run_locked(
       args, detector, out, mine, split_of, items, issues, notes, summary, start

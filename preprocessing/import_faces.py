@@ -287,17 +287,10 @@ def run(
     if g.original is None
     for f in g.fakes
   ]
-  split_of, split_notes = splits_lib.assign_splits(
-    groups,
-    seed=args.seed,
-    ratios=args.split_ratios,
-    honour_given=args.splits_from == "input",
-  )
+  split_of, split_notes, mine, out = output_lib.plan_worker(groups, args)
   notes += split_notes
   for note in notes:
     logging.warning("note: %s: %s", note.name, note.reason)
-  mine = splits_lib.partition(groups, args.num_workers, args.worker_index)
-  out = output_lib.OutputDir(args.output, args.num_workers, args.worker_index)
   # Released however run() ends: a kept exception would otherwise hold
   # the lock and make every later run in this process OutputBusyError.
   try:

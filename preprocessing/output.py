@@ -393,3 +393,22 @@ def workers_info(out: OutputDir) -> dict:
     "finished": finished,
     "complete": len(finished) == out.num_workers,
   }
+
+
+def plan_worker(groups, args) -> tuple[dict, list, list, OutputDir]:
+  """Splits of every group and this worker's part, from the shared flags.
+
+  Returns (group key -> split, notes on given splits, this worker's groups,
+  its OutputDir). Both extract_faces and import_faces start this way.
+  """
+  from preprocessing import splits as splits_lib
+
+  split_of, notes = splits_lib.assign_splits(
+    groups,
+    seed=args.seed,
+    ratios=args.split_ratios,
+    honour_given=args.splits_from == "input",
+  )
+  mine = splits_lib.partition(groups, args.num_workers, args.worker_index)
+  out = OutputDir(args.output, args.num_workers, args.worker_index)
+  return split_of, notes, mine, out
