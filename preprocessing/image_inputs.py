@@ -22,7 +22,6 @@ and everything usable is returned. Image contents are checked when they are
 read (`import_faces`), not here.
 """
 
-import csv
 import dataclasses
 import os
 import pathlib
@@ -91,13 +90,7 @@ def discover(
 
 
 def _read_rows(csv_path: pathlib.Path) -> tuple[list[list[str]], list[str]]:
-  try:
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-      rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
-  except (OSError, UnicodeDecodeError, csv.Error) as e:
-    raise ValueError(f"{csv_path}: cannot read CSV: {e}") from None
-  if not rows:
-    raise ValueError(f"{csv_path}: empty CSV")
+  rows = inputs_lib.read_csv_rows(csv_path)
   header = [c.strip().lower() for c in rows[0]]
   if "label" not in header:
     raise ValueError(
@@ -115,6 +108,18 @@ def _cell(row: list[str], header: list[str], key: str) -> str:
   return row[i].strip() if i < len(row) else ""
 
 
+def _label_split(row, header, name, where, issues):
+  """(label, split) of a row, or None after noting why it is unusable."""
+  try:
+    return (
+      inputs_lib.parse_label(_cell(row, header, "label")),
+      inputs_lib.parse_split(_cell(row, header, "split")),
+    )
+  except ValueError as e:
+    issues.append(Issue(name, f"{where}: {e}"))
+    return None
+
+
 def _discover_deepfake_faces(csv_path, rows, header, images) -> ImageInputs:
   folder = pathlib.Path(images) if images else csv_path.parent / "faces_224"
   if not folder.is_dir():
@@ -130,12 +135,10 @@ def _discover_deepfake_faces(csv_path, rows, header, images) -> ImageInputs:
     if not name:
       issues.append(Issue(where, "row has no videoname"))
       continue
-    try:
-      label = inputs_lib.parse_label(_cell(row, header, "label"))
-      split = inputs_lib.parse_split(_cell(row, header, "split"))
-    except ValueError as e:
-      issues.append(Issue(name, f"{where}: {e}"))
+    parsed = _label_split(row, header, name, where, issues)
+    if parsed is None:
       continue
+    label, split = parsed
     if name in videos:
       issues.append(Issue(name, f"{where}: listed twice; first entry kept"))
       continue
@@ -193,12 +196,10 @@ def _discover_csv(csv_path, rows, header) -> ImageInputs:
       continue
     path = base / rel
     image_id = _image_id(path, base)
-    try:
-      label = inputs_lib.parse_label(_cell(row, header, "label"))
-      split = inputs_lib.parse_split(_cell(row, header, "split"))
-    except ValueError as e:
-      issues.append(Issue(image_id, f"{where}: {e}"))
+    parsed = _label_split(row, header, image_id, where, issues)
+    if parsed is None:
       continue
+    label, split = parsed
     if image_id in seen_images:
       issues.append(
         Issue(image_id, f"{where}: image listed twice; first entry kept")

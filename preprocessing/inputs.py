@@ -226,11 +226,9 @@ def _is_label(value: str) -> bool:
   return value.strip().lower() in _LABELS
 
 
-def read_csv(csv_path: pathlib.Path) -> tuple[list[VideoItem], list[Issue]]:
-  """A CSV of path,label[,original[,split]] rows (header optional)."""
-  base = csv_path.resolve().parent
-  items: list[VideoItem] = []
-  issues: list[Issue] = []
+def read_csv_rows(csv_path: pathlib.Path) -> list[list[str]]:
+  """The non-blank rows of a CSV (BOM tolerated); ValueError naming the
+  file when it cannot be read or has no row."""
   try:
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
       rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
@@ -238,6 +236,15 @@ def read_csv(csv_path: pathlib.Path) -> tuple[list[VideoItem], list[Issue]]:
     raise ValueError(f"{csv_path}: cannot read CSV: {e}") from None
   if not rows:
     raise ValueError(f"{csv_path}: empty CSV")
+  return rows
+
+
+def read_csv(csv_path: pathlib.Path) -> tuple[list[VideoItem], list[Issue]]:
+  """A CSV of path,label[,original[,split]] rows (header optional)."""
+  base = csv_path.resolve().parent
+  items: list[VideoItem] = []
+  issues: list[Issue] = []
+  rows = read_csv_rows(csv_path)
   header = [c.strip().lower() for c in rows[0]]
   named = [c for c in header if c in (*_PATH_COLUMNS, "original", "split")]
   if "label" not in header and named and not _is_label(cell_at(rows[0], 1)):
