@@ -317,22 +317,6 @@ def _json_ready(obj: Any) -> Any:
   return obj
 
 
-def _clip_arg(text: str) -> tuple[float, float]:
-  lo, sep, hi = text.partition(",")
-  if not sep:
-    raise argparse.ArgumentTypeError(f"--clip wants LO,HI, got {text!r}")
-  return float(lo), float(hi)
-
-
-def _checkpoint_arg(text: str) -> str | int:
-  from asrid_jax import checkpoint as checkpoint_lib
-
-  try:
-    return checkpoint_lib.parse_which(text)
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
     prog="python -m asrid_jax.evaluate",
@@ -345,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
   a(
     "--checkpoint",
     default="best",
-    type=_checkpoint_arg,
+    type=reporting.checkpoint_arg,
     help="best, latest or a step number",
   )
   a("--out", default=None, help="default WORKDIR/eval_<split>_<step>")
@@ -355,7 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
   a("--strategy", choices=STRATEGIES, default=None, help="default: config")
   a("--track_reduce", choices=("max", "mean"), default=None)
   a("--score_source", choices=("auto", "clip", "frame"), default="auto")
-  a("--clip", type=_clip_arg, default=None, help="LO,HI video-score clip")
+  a(
+    "--clip",
+    type=reporting.clip_arg,
+    default=None,
+    help="LO,HI video-score clip",
+  )
   a("--eps", type=float, default=metrics_lib.DFDC_EPS, help="LogLoss clip")
   a("--min_fake_count", type=int, default=None, help="confident strategy")
   a(

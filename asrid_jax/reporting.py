@@ -187,3 +187,30 @@ def quiet_library_logs() -> None:
   std_logging.getLogger("absl").addFilter(quiet)
   for handler in std_logging.getLogger().handlers:
     handler.addFilter(quiet)
+
+
+# ---------------------------------------------------------------------------
+# Command-line argument types shared by evaluate and predict
+# ---------------------------------------------------------------------------
+
+
+def clip_arg(text: str) -> tuple[float, float]:
+  """'LO,HI' -> (lo, hi) for --clip (argparse type)."""
+  import argparse
+
+  lo, sep, hi = text.partition(",")
+  if not sep:
+    raise argparse.ArgumentTypeError(f"--clip wants LO,HI, got {text!r}")
+  return float(lo), float(hi)
+
+
+def checkpoint_arg(text: str) -> str | int:
+  """best | latest | STEP for --checkpoint (argparse type)."""
+  import argparse
+
+  from asrid_jax import checkpoint as checkpoint_lib
+
+  try:
+    return checkpoint_lib.parse_which(text)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
