@@ -10,8 +10,8 @@
   written by hand in the same fusable forms: the input gradient is a
   shifted multiply-add of the output gradient with the flipped kernel
   (stride s split into s*s phases, so no multiply by inserted zeros), the
-  kernel gradient k*k per-tap reductions that XLA merges into one
-  multi-output loop. Accumulation is float32 for every dtype.
+  kernel gradient k*k per-tap reductions, scanned so that each window
+  is fused into its reduction. Accumulation is float32 for every dtype.
 
 All take NHWC input, an HWIO `(k, k, 1, C)` kernel and torch's symmetric
 padding `(k - 1) // 2`.
@@ -140,9 +140,7 @@ def _input_grad(g, kernel, stride, pad, in_h, in_w):
   hp, wp = in_h + 2 * pad, in_w + 2 * pad
   uh, uw = -(-hp // s), -(-wp // s)  # phase rows/cols (ceil)
   mmax = (k - 1) // s
-  gp = jnp.pad(
-    g, ((0, 0), (mmax, uh - out_h), (mmax, uw - out_w), (0, 0))
-  )
+  gp = jnp.pad(g, ((0, 0), (mmax, uh - out_h), (mmax, uw - out_w), (0, 0)))
   w = kernel.astype(jnp.float32)
   phases = []
   for a in range(s):
@@ -152,8 +150,9 @@ def _input_grad(g, kernel, stride, pad, in_h, in_w):
       for mi, i in enumerate(range(a, k, s)):
         for mj, j in enumerate(range(b, k, s)):
           win = jax.lax.slice(
-            gp, (0, mmax - mi, mmax - mj, 0), (n, mmax - mi + uh,
-                                               mmax - mj + uw, c)
+            gp,
+            (0, mmax - mi, mmax - mj, 0),
+            (n, mmax - mi + uh, mmax - mj + uw, c),
           ).astype(jnp.float32)
           term = win * w[i, j, 0]
           acc = term if acc is None else acc + term
@@ -171,17 +170,46 @@ def _input_grad(g, kernel, stride, pad, in_h, in_w):
   return full[:, pad : pad + in_h, pad : pad + in_w, :].astype(g.dtype)
 
 
+def _phases(xp: jax.Array, s: int) -> jax.Array:
+  """(s*s, N, ceil(H/s), ceil(W/s), C): phase a*s + b is xp[:, a::s, b::s]."""
+  n, hp, wp, c = xp.shape
+  if s == 1:
+    return xp[None]
+  ph, pw = -(-hp // s), -(-wp // s)
+  xp = jnp.pad(xp, ((0, 0), (0, ph * s - hp), (0, pw * s - wp), (0, 0)))
+  xp = xp.reshape(n, ph, s, pw, s, c).transpose(2, 4, 0, 1, 3, 5)
+  return xp.reshape(s * s, n, ph, pw, c)
+
+
 def _kernel_grad(x, g, k, stride, pad, dtype):
-  """d loss / d kernel: per tap, sum over (n, h, w) of window * g."""
-  out_h, out_w = g.shape[1], g.shape[2]
-  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  """d loss / d kernel: per tap, sum over (n, h, w) of window * g.
+
+  The k*k taps run as a `lax.scan` over (phase, row, col) offsets, each a
+  `dynamic_slice` of the strided phases of the padded input fused into its
+  multiply-reduce. Written as k*k static slices instead, XLA:CPU copies
+  every shifted window to memory before reducing it (5-7x slower; the
+  kernel gradient was most of the depthwise backward).
+  """
+  s = stride
+  n, out_h, out_w, c = g.shape
+  xp = _phases(jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))), s)
   gf = g.astype(jnp.float32)
-  taps = []
-  for i in range(k):
-    for j in range(k):
-      win = _window(xp, i, j, out_h, out_w, stride).astype(jnp.float32)
-      taps.append(jnp.sum(win * gf, axis=(0, 1, 2)))
-  return jnp.stack(taps).reshape(k, k, 1, x.shape[-1]).astype(dtype)
+  taps = [(i, j) for i in range(k) for j in range(k)]
+  offsets = (
+    jnp.array([(i % s) * s + j % s for i, j in taps], jnp.int32),  # phase
+    jnp.array([i // s for i, _ in taps], jnp.int32),  # row in the phase
+    jnp.array([j // s for _, j in taps], jnp.int32),  # col in the phase
+  )
+
+  def tap(carry, offset):
+    phase, row, col = offset
+    win = jax.lax.dynamic_slice(
+      xp, (phase, 0, row, col, 0), (1, n, out_h, out_w, c)
+    )[0]
+    return carry, jnp.sum(win.astype(jnp.float32) * gf, axis=(0, 1, 2))
+
+  _, dk = jax.lax.scan(tap, None, offsets)
+  return dk.reshape(k, k, 1, c).astype(dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
