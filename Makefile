@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo lint bench clean-demo gpu-wheels
+.PHONY: venv test demo lint bench clean-demo gpu-wheels gpu-data
 
 # Re-installs only when a requirements file changed (fast when .venv is current).
 $(STAMP): requirements.txt requirements-torch.txt
@@ -50,12 +50,31 @@ bench: venv
 	$(PY) -m bench.predict_bench
 
 # Wheels for bench/gpu_check.sh on the GPU machine (Python 3.12, no network
-# there): the packages its image lacks, with their dependencies, into .whl/.
+# there): the packages its image lacks, no dependencies (requirements-gpu.txt
+# lists every one needed), into .whl/ (ignored; carried by the device tool).
+GPU_WHEEL_PLATFORMS := $(foreach n,2014 _2_17 _2_27 _2_28 1,--platform manylinux$(n)_x86_64)
 gpu-wheels: venv
-	$(PY) -m pip download -q --disable-pip-version-check -d .whl \
-	  --python-version 3.12 --platform manylinux2014_x86_64 \
-	  --platform manylinux_2_28_x86_64 --only-binary=:all: \
-	  -r requirements-gpu.txt
+	$(PY) -m pip download -q --disable-pip-version-check -d .whl --no-deps \
+	  --python-version 3.12 --implementation cp $(GPU_WHEEL_PLATFORMS) \
+	  --only-binary=:all: -r requirements-gpu.txt
+	$(PY) -m pip wheel -q --disable-pip-version-check -w .whl --no-deps promise==2.3
+	@du -sh .whl
+
+# Compact shards for bench/gpu_check.sh's train_real (bench/make_gpu_data.py:
+# 3000 train + 500 val DFDC crops at 128 px from $(GPU_DATA_SRC)) and a copy
+# of the real sample videos for its MTCNN and predict steps, into .gpu_data/
+# (ignored; never tracked: the samples' licences are unclear).
+GPU_DATA_SRC ?= $(or $(ASRID_DFDC_SHARDS),/work/runs/dfdc_shards)
+GPU_SAMPLES ?= $(or $(ASRID_REAL_SAMPLES),../shared/real_samples)
+gpu-data: venv
+	$(PY) -m bench.make_gpu_data --src $(GPU_DATA_SRC) --out .gpu_data/dfdc_faces_128
+	rm -rf .gpu_data/real_samples
+	@if [ -d $(GPU_SAMPLES)/videos ]; then \
+	  mkdir -p .gpu_data/real_samples && \
+	  cp -r $(GPU_SAMPLES)/videos .gpu_data/real_samples/ && \
+	  chmod -R u+w .gpu_data/real_samples; \
+	else echo "no $(GPU_SAMPLES)/videos: gpu_check skips mtcnn_cuda/predict"; fi
+	@du -shc .whl .gpu_data 2>/dev/null || du -sh .gpu_data
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

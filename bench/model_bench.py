@@ -19,8 +19,16 @@ warmed up (compilation excluded), synchronised (`block_until_ready`,
 `torch.cuda.synchronize`) and reported as the median of `--reps` runs. On
 CPU, torch uses as many threads as XLA's CPU client (all cores).
 
+For the Flax backbone rows it also counts the bytes each compiled program
+moves (XLA's cost analysis of the executable that is timed: 'bytes accessed',
+summed over its fused kernels' operands and results, an estimate of HBM
+traffic) and reports the achieved bandwidth, bytes / median time, and its
+fraction of the card's peak memory bandwidth (PEAK_BANDWIDTH, by
+device_kind; null for a device not in the table, CPUs included). JSON row
+keys: {infer,train}_{s,fps,ratio,bytes,flops,gbps,bw_frac}.
+
 Prints a table with JAX/PyTorch ratios (>1: JAX faster) and writes
-bench/results/model_bench.json.
+bench/results/model_bench.json (or --out).
 """
 
 from __future__ import annotations
@@ -83,6 +91,49 @@ def build_jax_model(seed: int = 0) -> mv.MobileNetV3Small:
   )
 
 
+# Peak memory bandwidth in bytes/s by jax device_kind substring (first match
+# wins, so the specific names come before the generic ones). Datasheets.
+PEAK_BANDWIDTH: tuple[tuple[str, float], ...] = (
+  ("H200", 4.8e12),
+  ("H100 PCIe", 2.0e12),
+  ("H100 NVL", 3.9e12),
+  ("H100", 3.35e12),  # SXM5 (device_kind 'NVIDIA H100 80GB HBM3')
+  ("GH200", 4.0e12),
+  ("A100-SXM4-40GB", 1.555e12),
+  ("A100 80GB PCIe", 1.935e12),
+  ("A100-PCIE-40GB", 1.555e12),
+  ("A100", 2.039e12),  # SXM4 80GB
+  ("L40S", 8.64e11),
+  ("L4", 3.0e11),
+  ("A10G", 6.0e11),
+  ("V100", 9.0e11),
+  ("T4", 3.2e11),
+)
+
+
+def peak_bandwidth(device_kind: str) -> float | None:
+  """The card's peak memory bandwidth (B/s), None when not in the table."""
+  for name, value in PEAK_BANDWIDTH:
+    if name.lower() in device_kind.lower():
+      return value
+  return None
+
+
+def _cost(compiled) -> dict[str, float]:
+  """'bytes accessed' and 'flops' of a compiled program (0 if unknown)."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except  (backend without it)
+    cost = None
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per module
+    cost = cost[0] if cost else None
+  cost = cost or {}
+  return {
+    "bytes": float(cost.get("bytes accessed", 0.0)),
+    "flops": float(cost.get("flops", 0.0)),
+  }
+
+
 def bench_jax(
   model: mv.MobileNetV3Small,
   dtype: str,
@@ -91,23 +142,36 @@ def bench_jax(
   batch: int,
   warmup: int,
   reps: int,
+  peak_bw: float | None = None,
 ) -> dict[str, float]:
   # Same float32 weights for every row: only the compute dtype and the
   # depthwise implementation (static attributes, so jit retraces) change.
   model.set_attributes(dtype=jnp.dtype(dtype), depthwise_impl=impl)
   x = jax.random.normal(jax.random.key(1), (batch, size, size, 3))
   labels = jax.random.randint(jax.random.key(2), (batch,), 0, 1000)
+  out: dict[str, float] = {}
+  # Compiled once, explicitly: the executable timed is the one costed.
   model.eval()
-  infer = _median_seconds(
-    lambda: _jax_infer(model, x).block_until_ready(), warmup, reps
+  infer = _jax_infer.lower(model, x).compile()
+  out["infer_s"] = _median_seconds(
+    lambda: infer(model, x).block_until_ready(), warmup, reps
   )
+  infer_cost = _cost(infer)
   model.train()
-  train = _median_seconds(
-    lambda: jax.block_until_ready(_jax_train_step(model, x, labels)),
-    warmup,
-    reps,
+  train = _jax_train_step.lower(model, x, labels).compile()
+  out["train_s"] = _median_seconds(
+    lambda: jax.block_until_ready(train(model, x, labels)), warmup, reps
   )
-  return {"infer_s": infer, "train_s": train}
+  for mode, cost in (("infer", infer_cost), ("train", _cost(train))):
+    seconds = out[f"{mode}_s"]
+    out[f"{mode}_bytes"] = cost["bytes"]
+    out[f"{mode}_flops"] = cost["flops"]
+    achieved = cost["bytes"] / seconds if cost["bytes"] else None
+    out[f"{mode}_gbps"] = achieved / 1e9 if achieved else None
+    out[f"{mode}_bw_frac"] = (
+      achieved / peak_bw if achieved and peak_bw else None
+    )
+  return out
 
 
 def bench_asrid(
@@ -232,6 +296,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     "warmup": args.warmup,
   }
   info.update(_torch_info(threads))
+  peak_bw = peak_bandwidth(device.device_kind)
+  info["peak_bandwidth_bytes_per_s"] = peak_bw
   dtypes = args.dtypes.split(",")
   if "bfloat16" in dtypes and not _bf16_supported():
     print(f"bfloat16 not supported on {info['jax_device']}: skipped")
@@ -245,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       print(_format_row(rows[-1], args.batch), flush=True)
       for impl in args.impls.split(","):
         res = bench_jax(
-          model, dtype, impl, size, args.batch, args.warmup, args.reps
+          model, dtype, impl, size, args.batch, args.warmup, args.reps, peak_bw
         )
         res.update(
           infer_ratio=ref["infer_s"] / res["infer_s"],
@@ -290,7 +356,22 @@ def _format_row(row: dict[str, Any], frames: int) -> str:
     ratio = row.get(f"{mode}_ratio")
     ratio_s = f"{ratio:6.2f}" if ratio is not None else f"{'':>6}"
     cells += [f"{seconds * 1e3:8.1f}", f"{frames / seconds:7.1f}", ratio_s]
+  # Achieved memory bandwidth (GB/s) and its fraction of the card's peak.
+  for key, width, scale in (
+    ("infer_gbps", 8, 1.0),
+    ("train_gbps", 8, 1.0),
+    ("infer_bw_frac", 5, 100.0),
+    ("train_bw_frac", 5, 100.0),
+  ):
+    value = row.get(key)
+    cells.append(
+      f"{value * scale:{width}.1f}" if value is not None else f"{'-':>{width}}"
+    )
   return " | ".join(cells)
+
+
+def _peak_text(peak: float | None) -> str:
+  return f"{peak / 1e9:.0f} GB/s" if peak else "(unknown device: none)"
 
 
 def _print_table(
@@ -303,11 +384,12 @@ def _print_table(
     f"{info['torch_version']} on {info['torch_device']} "
     f"({info['torch_threads']} threads); batch {args.batch}, median of "
     f"{args.reps} after {args.warmup} warm-up runs; ratio = JAX fps / "
-    "torch fps"
+    "torch fps; GB/s = XLA 'bytes accessed' / time, bw% of the peak "
+    f"{_peak_text(info['peak_bandwidth_bytes_per_s'])}"
   )
   header = (
     "size | dtype    | impl               | inf ms   | inf f/s | ratio "
-    "| train ms | trn f/s | ratio"
+    "| train ms | trn f/s | ratio | inf GB/s | trn GB/s | inf%  | trn% "
   )
   print(header)
   print("-" * len(header))

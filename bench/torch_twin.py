@@ -7,7 +7,9 @@ pooling with signed sqrt + L2 norm, Mix with LayerNorm/GELU and a skip,
 StaNew self-attention + BN + 2 FC, pre-norm Transformer encoder with
 sinusoidal positions, mean over time). Layouts are NCHW (torch's own);
 initialisations are torch defaults (irrelevant to speed). Not a weight-
-compatible port: only the benchmark uses it.
+compatible port: only the benchmark uses it. Runs on any device (move the
+model with `.to(device)`; inputs on the same device) and under
+`torch.autocast` (bench/train_bench.py's bfloat16 rows).
 """
 
 from __future__ import annotations
@@ -126,10 +128,12 @@ class TemporalHead(nn.Module):
     self.dim = dim
 
   def forward(self, x):
-    t = x.shape[1]
-    pos = torch.arange(t, dtype=torch.float32)[:, None]
-    freq = torch.pow(10000.0, -torch.arange(0, self.dim, 2) / self.dim)
-    pe = torch.zeros(t, self.dim)
+    t, dev = x.shape[1], x.device
+    pos = torch.arange(t, dtype=torch.float32, device=dev)[:, None]
+    freq = torch.pow(
+      10000.0, -torch.arange(0, self.dim, 2, device=dev) / self.dim
+    )
+    pe = torch.zeros(t, self.dim, device=dev)
     pe[:, 0::2] = torch.sin(pos * freq)
     pe[:, 1::2] = torch.cos(pos * freq)
     x = self.encoder(self.drop(x + pe))

@@ -1,17 +1,24 @@
 """Training throughput: the JAX train step vs a PyTorch twin, and CPU scaling.
 
   python -m bench.train_bench [--sizes 380,128] [--steps 5] [--scaling]
+      [--dtypes float32,bfloat16] [--clips 24 --clip_len 8] [--out FILE]
 
-Rows: variant (dyn_mix, sta_new) x image size; training frames/s of
+Rows: variant (dyn_mix, sta_new) x image size x compute dtype; training
+frames/s of
   * JAX: asrid_jax.step.Trainer's jitted step (AdamW, clipping, the full
     ASRID loss) on one device, random uint8 clips, compile excluded;
+    bfloat16 = the config's model.dtype (bf16 compute, f32 parameters);
   * PyTorch: bench/torch_twin.py (torchvision MobileNetV3-Small + the same
-    heads), AdamW step, same batch, torch's intra-op threads = all cores;
-and the ratio JAX/PyTorch. `--scaling` adds dyn_mix at the small size over
-1, 2, 4, 8 XLA CPU devices (one subprocess each; a fixed global batch split
-over the 'data' axis). On a CPU the devices share the same cores, so this
-measures the data-parallel overhead, not a speed-up. Writes
-bench/results/train_bench.json.
+    heads), AdamW step, same batch, on CUDA when available (else torch's
+    intra-op threads = all cores); bfloat16 = torch.autocast(bfloat16),
+    the same mixed precision;
+and the ratio JAX/PyTorch. A step is --clips clips x --clip_len frames
+(default 2 x 4 = 8 frames for CPU; the paper's batch is 24 x 8 = 192 frames
+at 380 px, what bench/gpu_check.sh runs). `--scaling` adds dyn_mix at the
+small size over 1, 2, 4, 8 XLA CPU devices (one subprocess each; a fixed
+global batch split over the 'data' axis). On a CPU the devices share the
+same cores, so this measures the data-parallel overhead, not a speed-up.
+Writes bench/results/train_bench.json (or --out).
 """
 
 from __future__ import annotations
@@ -29,18 +36,28 @@ RESULTS = pathlib.Path(__file__).parent / "results" / "train_bench.json"
 CLIPS, CLIP_LEN = 2, 4  # 8 frames a step on CPU
 
 
-def _config(variant: str, size: int, batch: int):
+def _config(
+  variant: str, size: int, batch: int, clip_len: int, dtype: str = "float32"
+):
   from configs import common
 
   c = common.base_config(variant)
   c.data.image_size = size
-  c.data.clip_len = CLIP_LEN
+  c.data.clip_len = clip_len
   c.batch_size = batch
   c.total_steps = 1000
+  c.model.dtype = dtype
   return c
 
 
-def jax_rate(variant: str, size: int, steps: int, batch: int = CLIPS) -> dict:
+def jax_rate(
+  variant: str,
+  size: int,
+  steps: int,
+  batch: int = CLIPS,
+  clip_len: int = CLIP_LEN,
+  dtype: str = "float32",
+) -> dict:
   import jax
   import numpy as np
 
@@ -48,13 +65,13 @@ def jax_rate(variant: str, size: int, steps: int, batch: int = CLIPS) -> dict:
   from asrid_jax import step as step_lib
 
   jax.config.update("jax_threefry_partitionable", True)
-  config = _config(variant, size, batch)
+  config = _config(variant, size, batch, clip_len, dtype)
   mesh = sharding.make_mesh([("data", -1)])
   trainer = step_lib.Trainer(config, mesh, 0)
   state = trainer.init_state()
   rng = np.random.default_rng(0)
   local = {
-    "image": rng.integers(0, 255, (batch, CLIP_LEN, size, size, 3), np.uint8),
+    "image": rng.integers(0, 255, (batch, clip_len, size, size, 3), np.uint8),
     "label": rng.integers(0, 2, (batch,), np.int32),
   }
   batch_arr = sharding.global_batch(local, mesh)
@@ -68,46 +85,69 @@ def jax_rate(variant: str, size: int, steps: int, batch: int = CLIPS) -> dict:
     state, m = trainer.train_step(state, batch_arr, key)
   jax.block_until_ready(m)
   dt = (time.perf_counter() - t0) / steps
+  stats = jax.devices()[0].memory_stats() or {}
   return {
-    "frames_per_s": batch * CLIP_LEN / dt,
+    "frames_per_s": batch * clip_len / dt,
     "step_s": dt,
     "compile_s": compile_s,
     "devices": jax.device_count(),
     "device_kind": jax.devices()[0].device_kind,
+    # The process peak so far (no reset in JAX): later rows include earlier.
+    "peak_bytes": stats.get("peak_bytes_in_use"),
   }
 
 
-def torch_rate(variant: str, size: int, steps: int) -> dict:
+def torch_rate(
+  variant: str,
+  size: int,
+  steps: int,
+  batch: int = CLIPS,
+  clip_len: int = CLIP_LEN,
+  dtype: str = "float32",
+) -> dict:
   import torch
 
   from bench import torch_twin
 
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+  if device.type == "cuda":
+    torch.cuda.reset_peak_memory_stats()
   torch.manual_seed(0)
-  model = torch_twin.ASRIDTwin(variant)
+  model = torch_twin.ASRIDTwin(variant).to(device)
   model.train()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
   images = torch.randint(
-    0, 255, (CLIPS, CLIP_LEN, 3, size, size), dtype=torch.uint8
+    0, 255, (batch, clip_len, 3, size, size), dtype=torch.uint8, device=device
   )
-  labels = torch.randint(0, 2, (CLIPS,))
+  labels = torch.randint(0, 2, (batch,), device=device)
 
   def step():
     opt.zero_grad(set_to_none=True)
-    loss = torch_twin.asrid_loss(model(images), labels)
+    with torch.autocast(
+      device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"
+    ):
+      out = model(images)
+    loss = torch_twin.asrid_loss({k: v.float() for k, v in out.items()}, labels)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
 
   step()  # warm-up
+  sync()
   t0 = time.perf_counter()
   for _ in range(steps):
     step()
+  sync()
   dt = (time.perf_counter() - t0) / steps
+  cuda = device.type == "cuda"
   return {
-    "frames_per_s": CLIPS * CLIP_LEN / dt,
+    "frames_per_s": batch * clip_len / dt,
     "step_s": dt,
     "threads": torch.get_num_threads(),
     "torch": torch.__version__,
+    "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+    "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
   }
 
 
@@ -137,21 +177,37 @@ def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", default="380,128")
   parser.add_argument("--variants", default="dyn_mix,sta_new")
+  parser.add_argument("--dtypes", default="float32")
+  parser.add_argument("--clips", type=int, default=CLIPS)
+  parser.add_argument("--clip_len", type=int, default=CLIP_LEN)
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--scaling", action="store_true")
   parser.add_argument("--scaling_size", type=int, default=64)
   parser.add_argument("--no_torch", action="store_true")
+  parser.add_argument("--out", default=str(RESULTS))
   args = parser.parse_args(argv)
+  shape = dict(batch=args.clips, clip_len=args.clip_len)
   rows = []
   for variant in args.variants.split(","):
     for size in (int(s) for s in args.sizes.split(",")):
-      row = {"variant": variant, "size": size, "clips": CLIPS, "T": CLIP_LEN}
-      row["jax"] = jax_rate(variant, size, args.steps)
-      if not args.no_torch:
-        row["torch"] = torch_rate(variant, size, args.steps)
-        row["ratio"] = row["jax"]["frames_per_s"] / row["torch"]["frames_per_s"]
-      rows.append(row)
-      print(json.dumps(row), flush=True)
+      for dtype in args.dtypes.split(","):
+        row = {
+          "variant": variant,
+          "size": size,
+          "dtype": dtype,
+          "clips": args.clips,
+          "T": args.clip_len,
+        }
+        row["jax"] = jax_rate(variant, size, args.steps, dtype=dtype, **shape)
+        if not args.no_torch:
+          row["torch"] = torch_rate(
+            variant, size, args.steps, dtype=dtype, **shape
+          )
+          row["ratio"] = (
+            row["jax"]["frames_per_s"] / row["torch"]["frames_per_s"]
+          )
+        rows.append(row)
+        print(json.dumps(row), flush=True)
   scaling = []
   if args.scaling:
     for devices in (1, 2, 4, 8):
@@ -160,18 +216,22 @@ def main(argv=None) -> dict:
       print(json.dumps(scaling[-1]), flush=True)
   print(
     f"\nTraining frames/s ({platform.processor() or platform.machine()}, "
-    f"{os.cpu_count()} cores), batch {CLIPS} clips x {CLIP_LEN} frames"
+    f"{os.cpu_count()} cores), batch {args.clips} clips x {args.clip_len} "
+    "frames"
   )
   print(
-    f"{'variant':<9}{'size':>6}{'JAX':>10}{'PyTorch':>10}{'JAX/PT':>8}"
-    f"{'compile s':>11}"
+    f"{'variant':<9}{'size':>6} {'dtype':<9}{'JAX':>10}{'PyTorch':>10}"
+    f"{'JAX/PT':>8}{'compile s':>11}{'JAX peak GiB':>14}"
   )
   for r in rows:
     pt = r.get("torch", {}).get("frames_per_s", float("nan"))
+    peak = r["jax"].get("peak_bytes")
+    peak_s = f"{peak / 2**30:>14.2f}" if peak else f"{'-':>14}"
     print(
-      f"{r['variant']:<9}{r['size']:>6}{r['jax']['frames_per_s']:>10.1f}"
-      f"{pt:>10.1f}{r.get('ratio', float('nan')):>8.2f}"
-      f"{r['jax']['compile_s']:>11.1f}"
+      f"{r['variant']:<9}{r['size']:>6} {r['dtype']:<9}"
+      f"{r['jax']['frames_per_s']:>10.1f}{pt:>10.1f}"
+      f"{r.get('ratio', float('nan')):>8.2f}"
+      f"{r['jax']['compile_s']:>11.1f}{peak_s}"
     )
   if scaling:
     print(f"\nScaling, dyn_mix {args.scaling_size}px, global batch 8 clips")
@@ -186,9 +246,10 @@ def main(argv=None) -> dict:
     "rows": rows,
     "scaling": scaling,
   }
-  RESULTS.parent.mkdir(parents=True, exist_ok=True)
-  RESULTS.write_text(json.dumps(result, indent=2))
-  print(f"\nwrote {RESULTS}")
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(result, indent=2))
+  print(f"\nwrote {out}")
   return result
 
 
