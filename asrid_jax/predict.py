@@ -319,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
   a("--max_frames", type=int, default=None, help="override the shards'")
   a("--min_frames", type=int, default=1, help="fewer frames: fallback")
   a(
+    "--keyframe_step",
+    type=int,
+    default=None,
+    help="override the shards': search every Nth sampled frame whole, the "
+    "others around its faces (1: every frame whole, as before issue 13)",
+  )
+  a(
     "--ema",
     action=argparse.BooleanOptionalAction,
     default=None,
@@ -381,6 +388,7 @@ def run(args: argparse.Namespace) -> tuple[list[VideoPrediction], dict]:
     frame_step=args.frame_step,
     max_frames=args.max_frames,
     min_frames=args.min_frames,
+    keyframe_step=args.keyframe_step,
     device=args.device,
   )
   from preprocessing import faces as faces_lib

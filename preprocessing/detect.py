@@ -6,6 +6,7 @@ mapped back to full-resolution pixels here, so nothing downstream ever sees
 the detection scale.
 """
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
@@ -59,6 +60,52 @@ def to_full_resolution(
     scores=det.scores,
     landmarks=det.landmarks / factor,
   )
+
+
+def _is_pool_3x3_s2(module) -> bool:
+  import torch
+
+  return (
+    isinstance(module, torch.nn.MaxPool2d)
+    and module.kernel_size in (3, (3, 3))
+    and module.stride in (2, (2, 2))
+    and module.padding in (0, (0, 0))
+    and module.dilation in (1, (1, 1))
+    and module.ceil_mode
+  )
+
+
+def separable_max_pool_3x3(x):
+  """MaxPool2d(3, 2, ceil_mode=True) as two 1-D passes (NCHW)."""
+  import torch
+  from torch.nn import functional as F
+
+  h, w = x.shape[-2:]
+  ho, wo = -(-(h - 3) // 2) + 1, -(-(w - 3) // 2) + 1
+  pad_h, pad_w = 2 * ho + 1 - h, 2 * wo + 1 - w
+  if pad_h > 0 or pad_w > 0:
+    x = F.pad(x, (0, max(pad_w, 0), 0, max(pad_h, 0)), value=float("-inf"))
+  cols = torch.maximum(
+    torch.maximum(x[..., 0 : 2 * wo - 1 : 2], x[..., 1 : 2 * wo : 2]),
+    x[..., 2 : 2 * wo + 1 : 2],
+  )
+  return torch.maximum(
+    torch.maximum(
+      cols[..., 0 : 2 * ho - 1 : 2, :], cols[..., 1 : 2 * ho : 2, :]
+    ),
+    cols[..., 2 : 2 * ho + 1 : 2, :],
+  )
+
+
+def separable_max_pool_3x3_module():
+  """A torch module equal to nn.MaxPool2d(3, 2, ceil_mode=True)."""
+  import torch
+
+  class _Pool(torch.nn.Module):
+    def forward(self, x):
+      return separable_max_pool_3x3(x)
+
+  return _Pool()
 
 
 def _as_detections(boxes, probs, points) -> Detections:
@@ -118,12 +165,20 @@ class MTCNNDetector:
       device=torch.device(device),
     )
     self._mtcnn.eval()
+    # RNet and ONet spend a third of their time in torch's 3x3 max pooling
+    # on CPU; the separable version returns the same values (a max is
+    # exact) in a fifth of the time, so boxes do not change.
+    for net in (self._mtcnn.rnet, self._mtcnn.onet):
+      for name, module in list(net.named_children()):
+        if _is_pool_3x3_s2(module):
+          setattr(net, name, separable_max_pool_3x3_module())
 
   def detect(
     self,
     frames: Sequence[np.ndarray],
     *,
     min_face_size: float | None = None,
+    regions: Sequence[tuple[int, int, int, int]] | None = None,
   ) -> list[Detections]:
     """Finds faces in RGB uint8 frames of one size; full-resolution boxes.
 
@@ -134,7 +189,12 @@ class MTCNNDetector:
         coarser level (most of its cost: it shrinks with the square of the
         ratio). The frames keep the detector's resolution, so the later
         stages, which place the boxes, see the same pixels as before.
+      regions: (x0, y0, x1, y1) full-resolution pixels; when given, only
+        faces in these regions are searched, with the whole frame's pyramid
+        (preprocessing/mtcnn_regions.py), at a cost that follows their area.
     """
+    from preprocessing import mtcnn_regions
+
     detect_min = self._detect_min
     if min_face_size is not None and min_face_size > self.min_face_size:
       detect_min = max(detect_min, round(min_face_size * self.downscale))
@@ -147,8 +207,23 @@ class MTCNNDetector:
       sx = small.shape[2] / chunk[0].shape[1]
       # facenet-pytorch reads its minimum size at call time.
       self._mtcnn.min_face_size = detect_min
+      search = contextlib.nullcontext()
+      if regions is not None:
+        scaled = [
+          (
+            int(np.floor(x0 * sx)),
+            int(np.floor(y0 * sy)),
+            int(np.ceil(x1 * sx)),
+            int(np.ceil(y1 * sy)),
+          )
+          for x0, y0, x1, y1 in regions
+        ]
+        search = mtcnn_regions.restricted_pyramid(
+          self._mtcnn, scaled, small.shape[1], small.shape[2]
+        )
       try:
-        boxes, probs, points = self._mtcnn.detect(small, landmarks=True)
+        with search:
+          boxes, probs, points = self._mtcnn.detect(small, landmarks=True)
       finally:
         self._mtcnn.min_face_size = self._detect_min
       for b, p, pts in zip(boxes, probs, points, strict=True):

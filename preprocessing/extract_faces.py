@@ -73,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     "preprocess_bench.py)",
   )
   a(
+    "--keyframe_step",
+    type=int,
+    default=faces_lib.FaceSettings.keyframe_step,
+    help="search every Nth sampled frame (and the last) whole, the frames "
+    "between only around the faces found there (1: every frame whole)",
+  )
+  a(
+    "--region_margin",
+    type=float,
+    default=faces_lib.FaceSettings.region_margin,
+    help="those regions: keyframe boxes grown by this times their size",
+  )
+  a(
     "--reuse_boxes",
     action=argparse.BooleanOptionalAction,
     default=True,
@@ -96,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     "--legacy_faces",
     action="store_true",
     help="detection and track rule exactly as before issue 13 (sets "
-    "--detect_relative_size 0 --min_track_relative_size 0 "
-    "--track_rank length)",
+    "--detect_relative_size 0 --keyframe_step 1 "
+    "--min_track_relative_size 0 --track_rank length)",
   )
   # Crops.
   a("--margin", type=float, default=1 / 3, help="fraction of the box a side")
@@ -116,6 +129,8 @@ def face_settings(args: argparse.Namespace) -> faces_lib.FaceSettings:
     margin=args.margin,
     image_size=args.image_size,
     detect_relative_size=args.detect_relative_size,
+    keyframe_step=args.keyframe_step,
+    region_margin=args.region_margin,
     tracks=TrackSettings(
       iou_threshold=args.iou_threshold,
       max_gap=args.max_gap,
@@ -127,9 +142,7 @@ def face_settings(args: argparse.Namespace) -> faces_lib.FaceSettings:
     ),
   )
   if legacy:
-    settings = faces_lib.legacy_settings(
-      **{k: v for k, v in vars(settings).items() if k != "detect_relative_size"}
-    )
+    settings = faces_lib.legacy_settings(**vars(settings))
   return settings
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from preprocessing import crop as crop_lib
+from preprocessing import keyframes as keyframes_lib
 from preprocessing import tracks as tracks_lib
 from preprocessing import video as video_lib
 from preprocessing.detect import Detections, Detector
@@ -43,6 +44,8 @@ class FaceSettings:
   margin: float = 1 / 3
   image_size: int = 380
   detect_relative_size: float = 0.0
+  keyframe_step: int = 5
+  region_margin: float = 0.5
   tracks: tracks_lib.TrackSettings = tracks_lib.TrackSettings()
 
   def as_dict(self) -> dict:
@@ -55,11 +58,45 @@ def legacy_settings(**overrides) -> FaceSettings:
     overrides.pop("tracks", tracks_lib.TrackSettings()), **tracks_lib.LEGACY
   )
   return FaceSettings(
-    **{"detect_relative_size": 0.0, **overrides}, tracks=tracks
+    **{**overrides, "detect_relative_size": 0.0, "keyframe_step": 1},
+    tracks=tracks,
   )
 
 
 def detect_faces(
+  detector: Detector,
+  frames: list[np.ndarray],
+  relative_size: float = 0.0,
+  keyframe_step: int = 1,
+  region_margin: float = 0.5,
+  counts: dict[str, int] | None = None,
+) -> list[Detections]:
+  """Detections per frame: every frame whole, or keyframes and regions.
+
+  With `keyframe_step` above 1, every `keyframe_step`-th frame (and the last)
+  is searched whole and the frames between only around the faces found on
+  those (preprocessing/keyframes.py). `counts`, when given, receives how
+  many frames were searched whole and how many region calls were made.
+  The whole-frame searches use `relative_size` as `search_by_face_size`
+  says.
+  """
+
+  def whole(chosen: list[np.ndarray]) -> list[Detections]:
+    return search_by_face_size(detector, chosen, relative_size)
+
+  if keyframe_step <= 1 or len(frames) < 3:
+    found = whole(frames)
+    stats = {"whole_frames": len(frames), "region_calls": 0, "redetected": 0}
+  else:
+    found, stats = keyframes_lib.detect_keyframes(
+      detector, frames, keyframe_step, region_margin, whole
+    )
+  if counts is not None:
+    counts.update(stats)
+  return found
+
+
+def search_by_face_size(
   detector: Detector, frames: list[np.ndarray], relative_size: float = 0.0
 ) -> list[Detections]:
   """Detections per frame, at a resolution set by the face size.
@@ -130,6 +167,10 @@ class VideoFaces:
   boxes_from: str = "self"
   raw_tracks: list[tracks_lib.Track] = dataclasses.field(default_factory=list)
   timings: dict[str, float] = dataclasses.field(default_factory=dict)
+  # Frames searched whole, region calls, frames searched whole again.
+  detect_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+  # Every sampled frame's detections, before tracking (empty when reused).
+  detections: list[Detections] = dataclasses.field(default_factory=list)
 
   @property
   def ok(self) -> bool:
@@ -204,8 +245,14 @@ def extract_video_faces(
     if detector is None:
       raise ValueError(f"{path}: no detector and no fitting reference")
     detections = detect_faces(
-      detector, frames.frames, settings.detect_relative_size
+      detector,
+      frames.frames,
+      settings.detect_relative_size,
+      settings.keyframe_step,
+      settings.region_margin,
+      counts=result.detect_counts,
     )
+    result.detections = detections
     kept = tracks_lib.build_tracks(detections, settings.tracks)
     if not kept:
       raw = sum(len(d) for d in detections)
