@@ -6,7 +6,8 @@
 For each of MobileNetV3-Small's 13 `features[i]` blocks, at the activation
 shape it sees for a `--batch` x `--size` px input, it times the forward +
 backward of that block alone (train mode: batch statistics; gradients with
-respect to its parameters and its input, a fixed random output cotangent)
+respect to its parameters and its input, except the stem's: training
+needs no image gradient; a fixed random output cotangent)
 in JAX with every depthwise form of `--impls`, and torchvision's same block
 in PyTorch (same threads). Inside each block it also times the depthwise
 convolution alone (its forward + both gradients) against torch's grouped
@@ -76,7 +77,9 @@ def _depthwise_spec(index: int) -> tuple[int, int] | None:
   return k, stride
 
 
-def jax_block_ms(layer, shape, dtype, impl, warmup, reps) -> float:
+def jax_block_ms(
+  layer, shape, dtype, impl, warmup, reps, input_grad=True
+) -> float:
   layer.set_attributes(dtype=jnp.dtype(dtype), depthwise_impl=impl)
   layer.train()
   x = jax.random.normal(jax.random.key(1), shape, jnp.float32)
@@ -88,6 +91,8 @@ def jax_block_ms(layer, shape, dtype, impl, warmup, reps) -> float:
     def loss(mod, inp):
       return jnp.vdot(mod(inp).astype(jnp.float32), ct)
 
+    if not input_grad:  # the stem: training needs no image gradient
+      return nnx.grad(loss, argnums=nnx.DiffState(0, nnx.Param))(m, v)
     return nnx.grad(loss, argnums=(nnx.DiffState(0, nnx.Param), 1))(m, v)
 
   return _median_ms(lambda: jax.block_until_ready(step(layer, x)), warmup, reps)
@@ -117,12 +122,12 @@ def jax_depthwise_ms(shape, channels, k, stride, dtype, impl, warmup, reps):
   )
 
 
-def torch_block_ms(block, shape, warmup, reps) -> float:
+def torch_block_ms(block, shape, warmup, reps, input_grad=True) -> float:
   import torch  # pylint: disable=g-import-not-at-top
 
   n, h, w, c = shape
   torch.manual_seed(0)
-  x = torch.randn(n, c, h, w, requires_grad=True)
+  x = torch.randn(n, c, h, w, requires_grad=input_grad)
   block.train()
   with torch.no_grad():
     ct = torch.randn_like(block(x))
@@ -186,11 +191,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     for impl in impls:
       row["jax_ms"][impl] = jax_block_ms(
-        layer, shape, args.dtype, impl, args.warmup, args.reps
+        layer, shape, args.dtype, impl, args.warmup, args.reps, index > 0
       )
     if torch_blocks is not None:
       row["torch_ms"] = torch_block_ms(
-        torch_blocks[index], shape, args.warmup, args.reps
+        torch_blocks[index], shape, args.warmup, args.reps, index > 0
       )
     spec = _depthwise_spec(index)
     if spec is not None:

@@ -138,7 +138,8 @@ class ASRID(nnx.Module):
       transformer_mlp_dim: MLP width of each temporal encoder layer.
       dropout: dropout rate of the heads (attention weights, FC, encoder).
       dtype: compute dtype, 'float32' or 'bfloat16' (params stay float32).
-      depthwise_impl: backbone depthwise conv: 'auto', 'shifted', 'grouped'.
+      depthwise_impl: backbone depthwise conv: 'auto', 'shifted',
+        'shifted_vjp', 'grouped' (mobilenet_v3.MobileNetV3Small).
       frozen_bn: backbone BN uses running statistics and is not trained.
       aux_loss: compute the regional-independence loss (outputs['aux']).
       texture_dim: channels of the attention's texture enhancement (0: pool

@@ -28,11 +28,12 @@ import jax.numpy as jnp
 DepthwiseImpl = Literal["auto", "grouped", "shifted", "shifted_vjp"]
 IMPLS = ("grouped", "shifted", "shifted_vjp")
 
-# What 'auto' resolves to per backend. CPU: 'shifted' until
-# bench/model_bench.py shows 'shifted_vjp' faster (first loaded 2-core run:
-# train step 1372 ms vs 1312 ms, a tie within the noise). Other backends:
-# 'grouped' until a GPU/TPU run measures otherwise (none was available).
-AUTO = {"cpu": "shifted"}
+# What 'auto' resolves to per backend. CPU: 'shifted_vjp', measured by
+# bench/model_bench.py (380 px, batch 8, f32, 2-core AMD EPYC: train step
+# 264 ms vs 652 ms for 'shifted' and 1489 ms for 'grouped'; README,
+# Benchmarks). Other backends: 'grouped' until a GPU/TPU run measures
+# otherwise (bench/gpu_check.sh; none was available).
+AUTO = {"cpu": "shifted_vjp"}
 AUTO_DEFAULT = "grouped"
 
 

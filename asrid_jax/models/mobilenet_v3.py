@@ -213,10 +213,12 @@ class MobileNetV3Small(nnx.Module):
       parameters are trained).
     dtype: computation dtype (e.g. jnp.bfloat16); parameters and batch-norm
       statistics stay float32.
-    depthwise_impl: 'grouped' (`feature_group_count` convolution),
-      'shifted' (sum of shifted slices) or 'auto' (shifted on CPU, grouped
-      elsewhere; resolved when traced, switchable with
-      `model.set_attributes(depthwise_impl=...)`).
+    depthwise_impl: 'grouped' (XLA's convolutions throughout), 'shifted'
+      (depthwise as a sum of shifted slices), 'shifted_vjp' (the same with
+      a hand-written backward) or 'auto' (`depthwise.AUTO`: shifted_vjp on
+      CPU, grouped elsewhere; resolved when traced, switchable with
+      `model.set_attributes(depthwise_impl=...)`). Except with 'grouped',
+      1x1 convolutions run as matmuls (`layers.Conv2d`).
     frozen_bn: batch norm always uses running statistics, never updates
       them, and its scale/bias are `FrozenParam`, not `nnx.Param`.
     rngs: 'params' for initialisation, 'dropout' for the classifier dropout.
