@@ -303,11 +303,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"bfloat16 not supported on {info['jax_device']}: skipped")
     dtypes.remove("bfloat16")
   rows: list[dict[str, Any]] = []
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+
+  def add(row: dict[str, Any], complete: bool = False) -> None:
+    """Appends a row (with frames/s) and rewrites the JSON: a run cut short
+    by a timeout (bench/gpu_check.sh) keeps the rows it finished."""
+    if row:
+      frames = (
+        args.asrid_frames if row["impl"].endswith("dyn_mix") else args.batch
+      )
+      for mode in ("infer", "train"):
+        if f"{mode}_s" in row:
+          row[f"{mode}_fps"] = frames / row[f"{mode}_s"]
+      rows.append(row)
+    info["complete"] = complete
+    out.write_text(json.dumps({"info": info, "rows": rows}, indent=2) + "\n")
+
   model = build_jax_model()
   for size in (int(s) for s in args.sizes.split(",")):
     for dtype in dtypes:
       ref = bench_torch(dtype, size, args.batch, args.warmup, args.reps)
-      rows.append(dict(size=size, dtype=dtype, impl="torchvision", **ref))
+      add(dict(size=size, dtype=dtype, impl="torchvision", **ref))
       print(_format_row(rows[-1], args.batch), flush=True)
       for impl in args.impls.split(","):
         res = bench_jax(
@@ -317,7 +334,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           infer_ratio=ref["infer_s"] / res["infer_s"],
           train_ratio=ref["train_s"] / res["train_s"],
         )
-        rows.append(dict(size=size, dtype=dtype, impl=f"jax-{impl}", **res))
+        add(dict(size=size, dtype=dtype, impl=f"jax-{impl}", **res))
         print(_format_row(rows[-1], args.batch), flush=True)
       asrid = (
         bench_asrid(dtype, size, args.asrid_frames, args.warmup, args.reps)
@@ -328,20 +345,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"ASRID dyn_mix row skipped: {asrid}")
         info["asrid_skipped"] = asrid
       else:
-        rows.append(
-          dict(size=size, dtype=dtype, impl="jax-asrid-dyn_mix", **asrid)
-        )
-  for row in rows:
-    frames = (
-      args.asrid_frames if row["impl"].endswith("dyn_mix") else args.batch
-    )
-    for mode in ("infer", "train"):
-      if f"{mode}_s" in row:
-        row[f"{mode}_fps"] = frames / row[f"{mode}_s"]
+        add(dict(size=size, dtype=dtype, impl="jax-asrid-dyn_mix", **asrid))
   _print_table(info, rows, args)
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps({"info": info, "rows": rows}, indent=2) + "\n")
+  add({}, complete=True)
   print(f"wrote {out}")
   return {"info": info, "rows": rows}
 

@@ -173,6 +173,11 @@ def _scaling_child(devices: int, size: int, steps: int) -> dict:
   return json.loads(line[len("RESULT ") :])
 
 
+def _write(path: pathlib.Path, result: dict) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(result, indent=2))
+
+
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", default="380,128")
@@ -187,6 +192,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--out", default=str(RESULTS))
   args = parser.parse_args(argv)
   shape = dict(batch=args.clips, clip_len=args.clip_len)
+  out = pathlib.Path(args.out)
   rows = []
   for variant in args.variants.split(","):
     for size in (int(s) for s in args.sizes.split(",")):
@@ -208,6 +214,8 @@ def main(argv=None) -> dict:
           )
         rows.append(row)
         print(json.dumps(row), flush=True)
+        # Rewritten after every row: a run cut short keeps what it finished.
+        _write(out, {"rows": rows, "complete": False})
   scaling = []
   if args.scaling:
     for devices in (1, 2, 4, 8):
@@ -246,9 +254,7 @@ def main(argv=None) -> dict:
     "rows": rows,
     "scaling": scaling,
   }
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2))
+  _write(out, {**result, "complete": True})
   print(f"\nwrote {out}")
   return result
 

@@ -2,7 +2,7 @@ r"""A short real training run: training frames/s and peak device memory, JSON.
 
   python -m bench.train_report --config=configs/dfdc_faces.py:steps=2000 \
       --workdir=OUT/train_real --config.data.dir=.gpu_data/dfdc_faces_128 \
-      --out=OUT/train_real.json [--time_budget_s=90]
+      --report=OUT/train_real.json [--time_budget_s=90]
 
 Runs `asrid_jax.train.train_and_evaluate` in this process (the trainer's own
 input pipeline, step, logging, validation and checkpoints), so the device's
@@ -37,7 +37,7 @@ from asrid_jax import reporting
 from asrid_jax import train as train_lib
 from asrid_jax.data import records
 
-_OUT = flags.DEFINE_string("out", None, "Where the JSON report goes.")
+_REPORT = flags.DEFINE_string("report", None, "Where the JSON report goes.")
 _BUDGET = flags.DEFINE_float(
   "time_budget_s", 0.0, "Stop (SIGTERM, checkpoint) after this long; 0: off."
 )
@@ -137,9 +137,9 @@ def main(argv):
   }
   text = json.dumps(report, indent=2)
   print(text)
-  if _OUT.value:
-    pathlib.Path(_OUT.value).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(_OUT.value).write_text(text + "\n")
+  if _REPORT.value:
+    pathlib.Path(_REPORT.value).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(_REPORT.value).write_text(text + "\n")
   if rate is None:
     print("train_report: no frames/s logged", file=sys.stderr)
     sys.exit(1)
