@@ -54,12 +54,13 @@ step() {  # step NAME TIMEOUT_S CMD...: at most the budget that is left
   fi
   (( limit > left )) && limit=$left
   local t0=$SECONDS rc=0
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1 || rc=$?
+  # SIGTERM at the limit (the trainer saves and stops on it), SIGKILL 10 s on.
+  timeout -k 10 "$limit" "$@" > "$OUT/$name.log" 2>&1 || rc=$?
   if (( rc == 0 )); then
     echo "ok    $name $((SECONDS - t0))s" >> "$SUMMARY"
   else
     local why="rc $rc"
-    (( rc == 124 )) && why="timeout ${limit}s"
+    (( rc == 124 || rc == 137 )) && why="timeout ${limit}s"
     echo "FAIL  $name $((SECONDS - t0))s ($why, see $name.log)" >> "$SUMMARY"
   fi
 }
@@ -99,14 +100,14 @@ else
   # JAX_PLATFORMS= lets the tests see the GPU (conftest defaults to cpu);
   # highest precision: parity, not TF32 rounding, is what is tested.
   # The 44 parity tests (-k) of the three files, not their CPU-side checks.
-  step parity 60 env JAX_PLATFORMS=cuda JAX_DEFAULT_MATMUL_PRECISION=highest \
+  step parity 55 env JAX_PLATFORMS=cuda JAX_DEFAULT_MATMUL_PRECISION=highest \
     "$PY" -m pytest -q tests/depthwise_test.py tests/mobilenet_v3_test.py \
     tests/convert_test.py -k "match or parity or bfloat16"
-  step model_bench_b8 50 "$PY" -m bench.model_bench --sizes 380 --batch 8 \
+  step model_bench_b8 45 "$PY" -m bench.model_bench --sizes 380 --batch 8 \
     --reps 10 --out "$OUT/model_bench_b8.json"
   step model_bench_b192 60 "$PY" -m bench.model_bench --sizes 380 \
     --batch 192 --reps 5 --asrid_frames 0 --out "$OUT/model_bench_b192.json"
-  step train_bench 110 "$PY" -m bench.train_bench --sizes 380 \
+  step train_bench 105 "$PY" -m bench.train_bench --sizes 380 \
     --variants dyn_mix --dtypes float32,bfloat16 --clips 24 --clip_len 8 \
     --steps 5 --out "$OUT/train_bench.json"
   if [[ -f "$DATA/dataset_info.json" ]]; then
@@ -121,7 +122,7 @@ else
     echo "FAIL  train_real 0s (no $DATA: run make gpu-data first)" >> "$SUMMARY"
   fi
   if [[ -n "${ASRID_REAL_SAMPLES:-}" ]]; then
-    step mtcnn_cuda 30 "$PY" -m bench.preprocess_bench --device cuda \
+    step mtcnn_cuda 45 "$PY" -m bench.preprocess_bench --device cuda \
       --repeats 1 --max_videos 1
     cp bench/results/preprocess_bench.json "$OUT/" 2>/dev/null
     step predict 40 "$PY" -m bench.predict_bench --device cuda
