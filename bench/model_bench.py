@@ -3,6 +3,7 @@
 Usage:
   python -m bench.model_bench [--batch 8] [--sizes 380,224]
       [--dtypes float32,bfloat16] [--impls grouped,shifted,shifted_vjp] [--reps 5]
+      [--out FILE]  (--impls: default every form in depthwise.IMPLS)
 
 For each input size and dtype it times, in frames/s (batch / median time):
   * inference (eval mode, jitted forward) and
@@ -48,6 +49,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from asrid_jax.models import depthwise
 from asrid_jax.models import mobilenet_v3 as mv
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "model_bench.json"
@@ -273,7 +275,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--sizes", default="380,224")
   parser.add_argument("--dtypes", default="float32,bfloat16")
-  parser.add_argument("--impls", default="grouped,shifted,shifted_vjp")
+  # Every depthwise form the model has (a new one is benchmarked too).
+  parser.add_argument("--impls", default=",".join(depthwise.IMPLS))
   parser.add_argument("--reps", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--asrid_frames", type=int, default=8)
