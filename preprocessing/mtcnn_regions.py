@@ -18,6 +18,9 @@ during one call: `detect_face`'s `imresample` (its first calls, one per
 pyramid level, in order) and `pnet.forward`. The levels are recomputed here
 with the library's formula and checked against each call, so a library
 change that breaks the assumptions raises instead of detecting wrongly.
+The hook on `imresample` is module-wide: no other MTCNN call may run in
+another thread of the process meanwhile (extract_faces and predict detect
+in one thread).
 """
 
 import contextlib
@@ -102,6 +105,15 @@ def restricted_pyramid(mtcnn, regions: Sequence[Region], height, width):
 
   scales = pyramid_scales(height, width, mtcnn.min_face_size, mtcnn.factor)
   windows = [level_windows(regions, height, width, s) for s in scales]
+  boxes = [
+    (
+      min((w[0] for w in ws), default=0),
+      min((w[1] for w in ws), default=0),
+      max((w[2] for w in ws), default=0),
+      max((w[3] for w in ws), default=0),
+    )
+    for ws in windows
+  ]
   state = {"level": 0, "pnet": 0}
   original_resample, original_pnet = library.imresample, mtcnn.pnet.forward
 
@@ -116,23 +128,34 @@ def restricted_pyramid(mtcnn, regions: Sequence[Region], height, width):
         f"facenet-pytorch pyramid level {level}: {tuple(size)} from "
         f"{tuple(img.shape[2:])}, expected {expected} from {(height, width)}"
       )
-    level_img = torch.zeros(img.shape[:2] + tuple(size), dtype=img.dtype)
+    # Only the windows' bounding box of the level is built (detect_face
+    # only normalises it before PNet, which the hook below places).
+    bx0, by0, bx1, by1 = boxes[level]
+    level_img = torch.zeros(
+      img.shape[:2] + (by1 - by0, bx1 - bx0), dtype=img.dtype
+    )
     for wx0, wy0, wx1, wy1 in windows[level]:
       rows, a, b = _pool_matrix(wy0, wy1, size[0], height)
       cols, c, d = _pool_matrix(wx0, wx1, size[1], width)
       part = img[:, :, a:b, c:d]
-      level_img[:, :, wy0:wy1, wx0:wx1] = rows @ part @ cols.T
+      level_img[:, :, wy0 - by0 : wy1 - by0, wx0 - bx0 : wx1 - bx0] = (
+        rows @ part @ cols.T
+      )
     return level_img
 
   def pnet(x):
     level = state["pnet"]
     state["pnet"] += 1
-    n, _, hs, ws = x.shape
+    n = x.shape[0]
+    hs, ws = int(height * scales[level] + 1), int(width * scales[level] + 1)
     oh, ow = _pnet_size(hs), _pnet_size(ws)
     reg = torch.zeros(n, 4, max(oh, 0), max(ow, 0), dtype=x.dtype)
     probs = torch.zeros(n, 2, max(oh, 0), max(ow, 0), dtype=x.dtype)
+    bx0, by0 = boxes[level][:2]
     for wx0, wy0, wx1, wy1 in windows[level]:
-      part_reg, part_probs = original_pnet(x[:, :, wy0:wy1, wx0:wx1])
+      part_reg, part_probs = original_pnet(
+        x[:, :, wy0 - by0 : wy1 - by0, wx0 - bx0 : wx1 - bx0]
+      )
       h, w = part_probs.shape[2:]
       oy, ox = wy0 // 2, wx0 // 2
       probs[:, :, oy : oy + h, ox : ox + w] = part_probs
