@@ -214,22 +214,64 @@ def detect_keyframes(
     counts["region_calls"] += 1 if _takes_regions(detector) else len(regions)
     for i, m in enumerate(mids):
       out[m] = _concat([per_region[i] for per_region in found])
-    # A region that comes back empty: search that frame whole. When the
-    # face is not there either in MAX_MISSES frames in a row it has left (or
-    # was a false box): stop expecting it for the rest of the gap.
+    # A region that comes back empty on a frame: the face moved out of it,
+    # or is not there. MTCNNDetector's regions give what the whole frame
+    # gives inside them, so only a wider region (3x its size) is searched,
+    # unless that covers most of the frame; other detectors search the
+    # frame whole. When the face is not found there either in MAX_MISSES
+    # frames in a row it has left (or was a false box): stop expecting it
+    # for the rest of the gap.
     searched: dict[int, Detections] = {}
     for r, region in enumerate(regions):
       misses = 0
+      wide = _wider(region, 1.0, (height, width))
+      narrow = (wide[2] - wide[0]) * (wide[3] - wide[1]) <= (
+        MAX_REGION_FRACTION * height * width
+      )
       for i, m in enumerate(mids):
         if len(found[r][i]):
           misses = 0
           continue
-        if m not in searched:
-          searched[m] = whole([frames[m]])[0]
-          out[m] = searched[m]
-        misses = 0 if _inside(searched[m], region) else misses + 1
+        if m in searched:
+          again = searched[m]
+        elif narrow and _takes_regions(detector):
+          again = _search_regions(detector, [frames[m]], [wide])[0][0]
+          out[m] = _merged(out[m], again)
+          counts["region_calls"] += 1
+          counts["redetected"] += 1
+        else:
+          again = searched[m] = whole([frames[m]])[0]
+          out[m] = again
+          counts["whole_frames"] += 1
+          counts["redetected"] += 1
+        misses = 0 if _inside(again, wide) else misses + 1
         if misses >= MAX_MISSES:
           break
-    counts["whole_frames"] += len(searched)
-    counts["redetected"] += len(searched)
   return out, counts
+
+
+def _wider(region, grow: float, shape: tuple[int, int]):
+  """The region grown by `grow` times its size on each side, in the frame."""
+  x0, y0, x1, y1 = region
+  dx, dy = round(grow * (x1 - x0)), round(grow * (y1 - y0))
+  height, width = shape
+  return (
+    max(0, (x0 - dx) // ALIGN * ALIGN),
+    max(0, (y0 - dy) // ALIGN * ALIGN),
+    min(width, x1 + dx),
+    min(height, y1 + dy),
+  )
+
+
+def _merged(found: Detections, extra: Detections) -> Detections:
+  """found plus the faces of extra that found does not hold already."""
+  if not len(found) or not len(extra):
+    return extra if not len(found) else found
+  overlap = tracks_lib.iou_matrix(extra.boxes, found.boxes).max(axis=1)
+  new = overlap < 0.5
+  return _concat(
+    [
+      found,
+      Detections(extra.boxes[new], extra.scores[new], extra.landmarks[new]),
+    ]
+  )

@@ -49,6 +49,29 @@ class _Squares:
     return sum(sum(c) for c in self.calls)
 
 
+class _RegionSquares(_Squares):
+  """Like _Squares, and takes `regions`: keeps squares centred in them."""
+
+  def detect(self, frames, *, regions=None):
+    found = super().detect(frames)
+    if regions is None:
+      return found
+    self.calls[-1] = [False] * len(frames)  # not searched whole
+    out = []
+    for det in found:
+      cx = (det.boxes[:, 0] + det.boxes[:, 2]) / 2
+      cy = (det.boxes[:, 1] + det.boxes[:, 3]) / 2
+      keep = np.zeros(len(det), bool)
+      for x0, y0, x1, y1 in regions:
+        keep |= (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1)
+      out.append(
+        detect.Detections(
+          det.boxes[keep], det.scores[keep], det.landmarks[keep]
+        )
+      )
+    return out
+
+
 def _frames(num, squares):
   """squares(t) -> [(x, y, side), ...] for frame t."""
   frames = []
@@ -105,6 +128,21 @@ def test_face_missing_from_its_region_is_searched_whole():
   found = faces.detect_faces(squares, frames, keyframe_step=5, counts=counts)
   assert _same(found, legacy)
   assert counts["redetected"] == 2 and counts["whole_frames"] == 3 + 2
+
+
+def test_a_face_that_jumps_out_of_its_region_is_found_in_a_wider_one():
+  # Between keyframes 0 and 5 the face jumps 60 px right on frames 2-3,
+  # out of its region: a region 3x as large is searched, not the frame.
+  def squares_at(t):
+    return [(100 + (60 if t in (2, 3) else 0), 100, 30)]
+
+  frames = _frames(11, squares_at)
+  squares = _RegionSquares()
+  counts = {}
+  found = faces.detect_faces(squares, frames, keyframe_step=5, counts=counts)
+  assert _same(found, _Squares().detect(frames))
+  assert counts["whole_frames"] == squares.whole_frames == 3
+  assert counts["redetected"] == 2
 
 
 def test_a_face_that_leaves_stops_the_whole_searches():
