@@ -14,7 +14,9 @@ convolution alone (its forward + both gradients) against torch's grouped
 `conv2d`, since that is the op XLA handles worst. The sum over blocks is
 close to the whole step (the stem and the pooled head are small).
 
-Prints a table (ms per block, JAX/torch time ratio: >1 means JAX is slower)
+Times are the best of `--reps` runs (the least disturbed on a shared
+machine). Prints a table (ms per block, JAX/torch time ratio: >1 means JAX
+is slower)
 and writes bench/results/layer_bench.json.
 """
 
@@ -23,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +41,8 @@ from bench import model_bench
 RESULTS = pathlib.Path(__file__).parent / "results" / "layer_bench.json"
 
 
-def _median_ms(fn: Callable[[], Any], warmup: int, reps: int) -> float:
+def _best_ms(fn: Callable[[], Any], warmup: int, reps: int) -> float:
+  """Best of `reps` in ms: the least disturbed run on a shared machine."""
   for _ in range(warmup):
     fn()
   times = []
@@ -48,7 +50,7 @@ def _median_ms(fn: Callable[[], Any], warmup: int, reps: int) -> float:
     start = time.perf_counter()
     fn()
     times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
+  return 1e3 * min(times)
 
 
 def block_inputs(model, size: int, batch: int) -> list[tuple[int, ...]]:
@@ -95,7 +97,7 @@ def jax_block_ms(
       return nnx.grad(loss, argnums=nnx.DiffState(0, nnx.Param))(m, v)
     return nnx.grad(loss, argnums=(nnx.DiffState(0, nnx.Param), 1))(m, v)
 
-  return _median_ms(lambda: jax.block_until_ready(step(layer, x)), warmup, reps)
+  return _best_ms(lambda: jax.block_until_ready(step(layer, x)), warmup, reps)
 
 
 def jax_depthwise_ms(shape, channels, k, stride, dtype, impl, warmup, reps):
@@ -117,9 +119,7 @@ def jax_depthwise_ms(shape, channels, k, stride, dtype, impl, warmup, reps):
       argnums=(0, 1),
     )(x, kernel)
 
-  return _median_ms(
-    lambda: jax.block_until_ready(step(x, kernel)), warmup, reps
-  )
+  return _best_ms(lambda: jax.block_until_ready(step(x, kernel)), warmup, reps)
 
 
 def torch_block_ms(block, shape, warmup, reps, input_grad=True) -> float:
@@ -137,7 +137,7 @@ def torch_block_ms(block, shape, warmup, reps, input_grad=True) -> float:
     x.grad = None
     (block(x) * ct).sum().backward()
 
-  return _median_ms(step, warmup, reps)
+  return _best_ms(step, warmup, reps)
 
 
 def torch_depthwise_ms(shape, channels, k, stride, warmup, reps) -> float:
@@ -156,7 +156,7 @@ def torch_depthwise_ms(shape, channels, k, stride, warmup, reps) -> float:
     x.grad = None
     (conv(x) * ct).sum().backward()
 
-  return _median_ms(step, warmup, reps)
+  return _best_ms(step, warmup, reps)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_bench._torch_info(_threads())  # torch threads = all cores
     torch_blocks = torchvision.models.mobilenet_v3_small(weights=None).features
   rows = []
+  # All JAX timings first, then all torch ones: torch's OpenMP threads keep
+  # spinning after its ops return, which would slow a JAX op timed next.
   for index, layer in enumerate(model.features):
     shape = shapes[index]
     row: dict[str, Any] = {
@@ -193,20 +195,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       row["jax_ms"][impl] = jax_block_ms(
         layer, shape, args.dtype, impl, args.warmup, args.reps, index > 0
       )
-    if torch_blocks is not None:
-      row["torch_ms"] = torch_block_ms(
-        torch_blocks[index], shape, args.warmup, args.reps, index > 0
-      )
     spec = _depthwise_spec(index)
     if spec is not None:
       k, stride = spec
       _, _, expanded, *_ = mv.SMALL_SETTING[index - 1]
       # The depthwise conv runs after the expansion (same spatial size).
-      dw_shape = (shape[0], shape[1], shape[2], expanded)
       row["depthwise"] = {"k": k, "stride": stride, "channels": expanded}
       for impl in impls:
         row["dw_jax_ms"][impl] = jax_depthwise_ms(
-          dw_shape,
+          _dw_shape(shape, expanded),
           expanded,
           k,
           stride,
@@ -215,11 +212,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           args.warmup,
           args.reps,
         )
-      if torch_blocks is not None:
-        row["dw_torch_ms"] = torch_depthwise_ms(
-          dw_shape, expanded, k, stride, args.warmup, args.reps
-        )
     rows.append(row)
+    print(json.dumps(row), flush=True)
+  for row, block in zip(rows, torch_blocks or (), strict=False):
+    shape, index = tuple(row["input"]), row["block"]
+    row["torch_ms"] = torch_block_ms(
+      block, shape, args.warmup, args.reps, index > 0
+    )
+    if "depthwise" in row:
+      dw = row["depthwise"]
+      row["dw_torch_ms"] = torch_depthwise_ms(
+        _dw_shape(shape, dw["channels"]),
+        dw["channels"],
+        dw["k"],
+        dw["stride"],
+        args.warmup,
+        args.reps,
+      )
     print(json.dumps(row), flush=True)
   _print_table(rows, impls, args)
   result = {
@@ -238,6 +247,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   out.write_text(json.dumps(result, indent=2))
   print(f"wrote {out}")
   return result
+
+
+def _dw_shape(shape, channels: int) -> tuple[int, ...]:
+  return (shape[0], shape[1], shape[2], channels)
 
 
 def _threads() -> int:
