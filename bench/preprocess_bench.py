@@ -1,4 +1,4 @@
-"""Face extraction speed and agreement: the fast settings vs the legacy pass.
+"""Face extraction speed and agreement: the default settings vs the legacy pass.
 
   python -m bench.preprocess_bench [--repeats 2] [--device cpu] [--max_videos N]
 
@@ -6,23 +6,32 @@ For every video (the real sample videos when $ASRID_REAL_SAMPLES is set, and
 the built-in synthetic sample) it runs `preprocessing.faces.
 extract_video_faces` (the path extract_faces and predict share) twice per
 repeat: with the legacy settings (`faces.legacy_settings()`: every frame
-searched down to the detector's 40 px, no size rule: the pass before issue
-13) and with the current track rule plus the face-size-scaled search
-(`--detect_relative_size`, default 0.4 here; off by default in
-extract_faces), alternating which goes first, on one detector. Reported per video: s/video per stage,
-the legacy/fast time ratio measured in the same run (the machine may be
-loaded by others: compare ratios), tracks found by each, and the agreement of
-the fast pass with the legacy one on the same frames:
+searched whole down to the detector's 40 px, no size rule: the pass before
+issue 13) and with the default settings (the track rule, keyframe detection:
+every `--keyframe_step`-th sampled frame searched whole, the others around
+its faces; `--detect_relative_size` adds the face-size-scaled search, off by
+default), alternating which goes first, on one detector. Reported per video:
+s/video per stage, the legacy/new time ratio measured in the same run (the
+machine may be loaded by others: compare ratios and CPU seconds), tracks
+found by each, frames searched whole, and the agreement of the new pass with
+the legacy one on the same frames:
 
 - recall: of the legacy pass's boxes in tracks the size rule keeps (the
-  same track filter applied to both), the fraction with a fast-pass box of
-  IoU >= 0.5 in the same frame; `recall_all` counts every legacy box, also
-  those of the small faces the size rule now drops;
+  same track filter applied to both), the fraction with a new-pass box in a
+  kept track of IoU >= 0.5 in the same frame; `recall_all` counts every
+  legacy box, also those of the small faces the size rule now drops;
+  `det recall` matches the same legacy boxes against the new pass's
+  detections before tracking (what the detection scheme decides; the rest
+  is the track linking reacting to boxes that moved a pixel);
 - median IoU of the matched boxes;
 - crops moved: matched faces whose square crop window moves by more than
   `--shift_px` pixels of the output crop (image_size) side.
 
-Prints a table and writes bench/results/preprocess_bench.json.
+Decoding: per real video, sequential grab/retrieve (what read_frames does)
+vs seeking to each of the first `--seek_frames` sampled frames, in seconds
+per sampled frame.
+
+Prints tables and writes bench/results/preprocess_bench.json.
 """
 
 import argparse
@@ -34,12 +43,14 @@ import platform
 import tempfile
 import time
 
+import cv2
 import numpy as np
 
 from asrid_jax import reporting
 from preprocessing import crop as crop_lib
 from preprocessing import faces as faces_lib
 from preprocessing import tracks as tracks_lib
+from preprocessing import video as video_lib
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 STAGES = ("decode", "detect", "crop")
@@ -112,6 +123,33 @@ def _one(path, detector, settings) -> tuple[faces_lib.VideoFaces, dict]:
   }
 
 
+def decode_costs(path: str, frame_step: int, max_frames: int, seeks: int):
+  """CPU s per sampled frame: sequential grab/retrieve vs seek + read."""
+  cpu = time.process_time()
+  frames = video_lib.read_frames(path, frame_step, max_frames)
+  grab = (time.process_time() - cpu) / len(frames.frame_indices)
+  cap = cv2.VideoCapture(path)
+  cpu = time.process_time()
+  chosen = frames.frame_indices[:seeks]
+  try:
+    for index in chosen:
+      cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+      cap.read()
+  finally:
+    cap.release()
+  return {"grab": grab, "seek": (time.process_time() - cpu) / len(chosen)}
+
+
+def _cpu_model() -> str:
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor()
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m bench.preprocess_bench")
   p.add_argument("--device", default="cpu")
@@ -120,7 +158,13 @@ def main(argv=None) -> int:
   p.add_argument("--max_frames", type=int, default=30)
   p.add_argument("--max_videos", type=int, default=3, help="synthetic ones")
   p.add_argument("--shift_px", type=float, default=4.0)
-  p.add_argument("--detect_relative_size", type=float, default=0.4)
+  defaults = faces_lib.FaceSettings()
+  p.add_argument("--keyframe_step", type=int, default=defaults.keyframe_step)
+  p.add_argument("--region_margin", type=float, default=defaults.region_margin)
+  p.add_argument(
+    "--detect_relative_size", type=float, default=defaults.detect_relative_size
+  )
+  p.add_argument("--seek_frames", type=int, default=10, help="0: no seeking")
   args = p.parse_args(argv)
   import torch
 
@@ -133,7 +177,10 @@ def main(argv=None) -> int:
     frame_step=args.frame_step, max_frames=args.max_frames, min_frames=3
   )
   fast = faces_lib.FaceSettings(
-    **common, detect_relative_size=args.detect_relative_size
+    **common,
+    detect_relative_size=args.detect_relative_size,
+    keyframe_step=args.keyframe_step,
+    region_margin=args.region_margin,
   )
   legacy = faces_lib.legacy_settings(**common)
   rows = []
@@ -160,6 +207,12 @@ def main(argv=None) -> int:
         _boxes_by_frame(new),
         fast.image_size,
         fast.margin,
+      )
+      detected = {
+        pos: list(d.boxes) for pos, d in enumerate(new.detections) if len(d)
+      }
+      agree_det = agreement(
+        _boxes_by_frame(old, ref_tracks), detected, fast.image_size, fast.margin
       )
       agree_all = agreement(
         _boxes_by_frame(old), _boxes_by_frame(new), fast.image_size, fast.margin
@@ -194,6 +247,15 @@ def main(argv=None) -> int:
           ],
           "recall": agree["recall"],
           "recall_all": agree_all["recall"],
+          "det_recall": agree_det["recall"],
+          "detect_counts": new.detect_counts,
+          "decode_costs": (
+            decode_costs(
+              path, args.frame_step, args.max_frames, args.seek_frames
+            )
+            if source == "real" and args.seek_frames > 0
+            else None
+          ),
           "median_iou": agree["median_iou"],
           "matched": agree["matched"],
           "crops_moved": int(
@@ -205,7 +267,8 @@ def main(argv=None) -> int:
   ok = [r for r in rows if "skip" not in r]
   header = (
     "video", "size", "tracks old/new", "old dec+det s", "new dec+det s",
-    "ratio", "cpu s old/new", "cpu ratio", "recall", "recall_all", "med IoU", f"moved>{args.shift_px:g}px",
+    "ratio", "cpu s old/new", "cpu ratio", "recall", "recall_all",
+    "det recall", "med IoU", f"moved>{args.shift_px:g}px", "whole/frames",
   )  # fmt: skip
   table = []
   for r in ok:
@@ -222,8 +285,10 @@ def main(argv=None) -> int:
         "/".join(f"{x:.2f}" for x in r["cpu_ratio"]),
         f"{r['recall']:.3f}",
         f"{r['recall_all']:.3f}",
+        f"{r['det_recall']:.3f}",
         "-" if r["median_iou"] is None else f"{r['median_iou']:.3f}",
         f"{r['crops_moved']}/{r['matched']}",
+        f"{r['detect_counts'].get('whole_frames', '-')}/{r['frames']}",
       )
     )
   total_old = sum(
@@ -249,6 +314,38 @@ def main(argv=None) -> int:
     f"all videos: decode+detect legacy {total_old:.2f} s, fast "
     f"{total_new:.2f} s ({total_old / max(total_new, 1e-9):.2f}x)"
   )
+  hd = [r for r in ok if r["size"] == "1920x1080"]
+  for name in ("legacy", "fast") if hd else ():
+    mean = {
+      k: float(np.mean([r["seconds"][name][k] for r in hd]))
+      for k in ("decode", "detect", "cpu")
+    }
+    print(
+      f"1080p clips ({len(hd)}), {name}: decode {mean['decode']:.2f} s + "
+      f"detect {mean['detect']:.2f} s = {mean['decode'] + mean['detect']:.2f}"
+      f" s a video (wall), {mean['cpu']:.2f} CPU s"
+    )
+  seeks = [r for r in ok if r.get("decode_costs")]
+  if seeks:
+    print(
+      f"decoding, CPU s per sampled frame (every {args.frame_step}th): "
+      f"grab/retrieve vs seek (first {args.seek_frames} sampled frames)"
+    )
+    print(
+      reporting.format_table(
+        ("video", "size", "grab", "seek", "seek/grab"),
+        [
+          (
+            r["video"][:28],
+            r["size"],
+            f"{r['decode_costs']['grab']:.4f}",
+            f"{r['decode_costs']['seek']:.4f}",
+            f"{r['decode_costs']['seek'] / r['decode_costs']['grab']:.1f}",
+          )
+          for r in seeks
+        ],
+      )
+    )
   for r in rows:
     if "skip" in r:
       print(f"skipped {r['video']}: {r['skip']}")
@@ -261,6 +358,8 @@ def main(argv=None) -> int:
     "device": args.device,
     "machine": {
       "cpus": os.cpu_count(),
+      "cpu_model": _cpu_model(),
+      "load_average": os.getloadavg(),
       "torch_threads": torch.get_num_threads(),
       "python": platform.python_version(),
       "torch": torch.__version__,
