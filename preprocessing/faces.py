@@ -84,7 +84,8 @@ def detect_faces(
   def whole(chosen: list[np.ndarray]) -> list[Detections]:
     return search_by_face_size(detector, chosen, relative_size)
 
-  if keyframe_step <= 1 or len(frames) < 3:
+  streaming = hasattr(frames, "wait")  # a video.FrameStream
+  if keyframe_step <= 1 or (not streaming and len(frames) < 3):
     found = whole(frames)
     stats = {"whole_frames": len(frames), "region_calls": 0, "redetected": 0}
   else:
@@ -220,15 +221,23 @@ def extract_video_faces(
   """
   path = pathlib.Path(path)
   timings = {"decode": 0.0, "detect": 0.0, "crop": 0.0}
+  detections = None
   t0 = time.perf_counter()
   try:
-    frames = video_lib.read_frames(
-      path, settings.frame_step, settings.max_frames, settings.min_frames
-    )
+    if (
+      reference is None and detector is not None and settings.keyframe_step > 1
+    ):
+      # Keyframe detection consumes the frames in order: it runs while the
+      # later ones are still being decoded (video.FrameStream).
+      frames, detections = _decode_and_detect(path, detector, settings, timings)
+    else:
+      frames = video_lib.read_frames(
+        path, settings.frame_step, settings.max_frames, settings.min_frames
+      )
+      timings["decode"] = time.perf_counter() - t0
   except video_lib.VideoError as e:
-    timings["decode"] = time.perf_counter() - t0
+    timings["decode"] = time.perf_counter() - t0 - timings["detect"]
     return VideoFaces(path, skip_reason=str(e), timings=timings)
-  timings["decode"] = time.perf_counter() - t0
   result = VideoFaces(
     path,
     geometry=frames.geometry,
@@ -238,20 +247,23 @@ def extract_video_faces(
   )
 
   t0 = time.perf_counter()
-  if reference is not None and reference.fits(frames):
+  if detections is None and reference is not None and reference.fits(frames):
     result.boxes_from = reference.video_id
     kept = reference.tracks
   else:
     if detector is None:
       raise ValueError(f"{path}: no detector and no fitting reference")
-    detections = detect_faces(
-      detector,
-      frames.frames,
-      settings.detect_relative_size,
-      settings.keyframe_step,
-      settings.region_margin,
-      counts=result.detect_counts,
-    )
+    if detections is None:
+      detections = detect_faces(
+        detector,
+        frames.frames,
+        settings.detect_relative_size,
+        settings.keyframe_step,
+        settings.region_margin,
+        counts=result.detect_counts,
+      )
+    else:
+      result.detect_counts.update(timings.pop("_counts"))
     result.detections = detections
     kept = tracks_lib.build_tracks(detections, settings.tracks)
     if not kept:
@@ -260,7 +272,7 @@ def extract_video_faces(
         f"no face: {raw} detection(s) in {len(detections)} sampled frames, "
         "none in a track long and confident enough"
       )
-  timings["detect"] = time.perf_counter() - t0
+  timings["detect"] += time.perf_counter() - t0
   result.raw_tracks = list(kept)
 
   t0 = time.perf_counter()
@@ -268,6 +280,39 @@ def extract_video_faces(
     result.tracks.append(_crop_track(face_index, track, frames, settings))
   timings["crop"] = time.perf_counter() - t0
   return result
+
+
+def _decode_and_detect(path, detector, settings, timings):
+  """Keyframe detection on frames as a background thread decodes them.
+
+  timings: 'decode' is the time spent waiting for frames (the decode cost
+  detection could not hide), 'detect' the rest, so their sum is the wall
+  time of both; 'decode_busy' is the decoding thread's own time.
+  """
+  t0 = time.perf_counter()
+  stream = video_lib.FrameStream(
+    path, settings.frame_step, settings.max_frames, settings.min_frames
+  )
+  counts: dict[str, int] = {}
+  try:
+    detections = detect_faces(
+      detector,
+      stream,
+      settings.detect_relative_size,
+      settings.keyframe_step,
+      settings.region_margin,
+      counts=counts,
+    )
+  finally:
+    try:
+      frames = stream.result()
+    finally:
+      wall = time.perf_counter() - t0
+      timings["decode"] = stream.waited
+      timings["detect"] = wall - stream.waited
+      timings["decode_busy"] = stream.busy
+  timings["_counts"] = counts
+  return frames, detections
 
 
 def _crop_track(

@@ -180,7 +180,10 @@ def detect_keyframes(
 
   Args:
     detector: finds faces; called on whole frames and on regions of them.
-    frames: the sampled RGB frames, all of one size.
+    frames: the sampled RGB frames, all of one size; or a
+      `video.FrameStream` still decoding them: each keyframe is then searched
+      as soon as it is decoded, and each gap as soon as its closing keyframe
+      is, so detection overlaps decoding.
     step: every `step`-th frame (and the last) is searched whole.
     margin: regions grow the keyframe boxes by this times their size.
     detect_whole: how whole frames are searched (default detector.detect).
@@ -192,62 +195,78 @@ def detect_keyframes(
     came back empty.
   """
   whole = detect_whole or detector.detect
-  n = len(frames)
-  keys = keyframe_positions(n, step)
-  out: list[Detections | None] = [None] * n
+  out: dict[int, Detections] = {}
+  counts = {"whole_frames": 0, "region_calls": 0, "redetected": 0}
+  if hasattr(frames, "wait"):  # a stream: keyframes one by one, as decoded
+    i, previous = 0, None
+    while frames.wait(i):
+      if i % max(step, 1) == 0 or not frames.wait(i + 1):
+        out[i] = whole([frames[i]])[0]
+        counts["whole_frames"] += 1
+        if previous is not None:
+          _fill_gap(detector, frames, previous, i, margin, whole, out, counts)
+        previous = i
+      i += 1
+    return [out[j] for j in range(i)], counts
+  keys = keyframe_positions(len(frames), step)
   for k, det in zip(keys, whole([frames[k] for k in keys]), strict=True):
     out[k] = det
-  counts = {"whole_frames": len(keys), "region_calls": 0, "redetected": 0}
-  height, width = frames[0].shape[:2] if n else (0, 0)
+  counts["whole_frames"] = len(keys)
   for a, b in zip(keys[:-1], keys[1:], strict=True):
-    mids = list(range(a + 1, b))
-    if not mids:
-      continue
-    regions = gap_regions(out[a], out[b], margin, (height, width))
-    area = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in regions)
-    if area > MAX_REGION_FRACTION * height * width:
-      counts["whole_frames"] += len(mids)
-      for m, det in zip(mids, whole([frames[m] for m in mids]), strict=True):
-        out[m] = det
-      continue
-    found = _search_regions(detector, [frames[m] for m in mids], regions)
-    counts["region_calls"] += 1 if _takes_regions(detector) else len(regions)
+    _fill_gap(detector, frames, a, b, margin, whole, out, counts)
+  return [out[j] for j in range(len(frames))], counts
+
+
+def _fill_gap(detector, frames, a, b, margin, whole, out, counts) -> None:
+  """Detections of the frames strictly between keyframes a and b."""
+  mids = list(range(a + 1, b))
+  if not mids:
+    return
+  height, width = frames[a].shape[:2]
+  regions = gap_regions(out[a], out[b], margin, (height, width))
+  area = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in regions)
+  if area > MAX_REGION_FRACTION * height * width:
+    counts["whole_frames"] += len(mids)
+    for m, det in zip(mids, whole([frames[m] for m in mids]), strict=True):
+      out[m] = det
+    return
+  found = _search_regions(detector, [frames[m] for m in mids], regions)
+  counts["region_calls"] += 1 if _takes_regions(detector) else len(regions)
+  for i, m in enumerate(mids):
+    out[m] = _concat([per_region[i] for per_region in found])
+  # A region that comes back empty on a frame: the face moved out of it,
+  # or is not there. MTCNNDetector's regions give what the whole frame
+  # gives inside them, so only a wider region (3x its size) is searched,
+  # unless that covers most of the frame; other detectors search the
+  # frame whole. When the face is not found there either in MAX_MISSES
+  # frames in a row it has left (or was a false box): stop expecting it
+  # for the rest of the gap.
+  searched: dict[int, Detections] = {}
+  for r, region in enumerate(regions):
+    misses = 0
+    wide = _wider(region, 1.0, (height, width))
+    narrow = (wide[2] - wide[0]) * (wide[3] - wide[1]) <= (
+      MAX_REGION_FRACTION * height * width
+    )
     for i, m in enumerate(mids):
-      out[m] = _concat([per_region[i] for per_region in found])
-    # A region that comes back empty on a frame: the face moved out of it,
-    # or is not there. MTCNNDetector's regions give what the whole frame
-    # gives inside them, so only a wider region (3x its size) is searched,
-    # unless that covers most of the frame; other detectors search the
-    # frame whole. When the face is not found there either in MAX_MISSES
-    # frames in a row it has left (or was a false box): stop expecting it
-    # for the rest of the gap.
-    searched: dict[int, Detections] = {}
-    for r, region in enumerate(regions):
-      misses = 0
-      wide = _wider(region, 1.0, (height, width))
-      narrow = (wide[2] - wide[0]) * (wide[3] - wide[1]) <= (
-        MAX_REGION_FRACTION * height * width
-      )
-      for i, m in enumerate(mids):
-        if len(found[r][i]):
-          misses = 0
-          continue
-        if m in searched:
-          again = searched[m]
-        elif narrow and _takes_regions(detector):
-          again = _search_regions(detector, [frames[m]], [wide])[0][0]
-          out[m] = _merged(out[m], again)
-          counts["region_calls"] += 1
-          counts["redetected"] += 1
-        else:
-          again = searched[m] = whole([frames[m]])[0]
-          out[m] = again
-          counts["whole_frames"] += 1
-          counts["redetected"] += 1
-        misses = 0 if _inside(again, wide) else misses + 1
-        if misses >= MAX_MISSES:
-          break
-  return out, counts
+      if len(found[r][i]):
+        misses = 0
+        continue
+      if m in searched:
+        again = searched[m]
+      elif narrow and _takes_regions(detector):
+        again = _search_regions(detector, [frames[m]], [wide])[0][0]
+        out[m] = _merged(out[m], again)
+        counts["region_calls"] += 1
+        counts["redetected"] += 1
+      else:
+        again = searched[m] = whole([frames[m]])[0]
+        out[m] = again
+        counts["whole_frames"] += 1
+        counts["redetected"] += 1
+      misses = 0 if _inside(again, wide) else misses + 1
+      if misses >= MAX_MISSES:
+        break
 
 
 def _wider(region, grow: float, shape: tuple[int, int]):

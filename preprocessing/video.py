@@ -2,12 +2,15 @@
 
 Frames are decoded sequentially: `grab()` on every frame and `retrieve()` only
 on the sampled ones, which is much cheaper than seeking in long-GOP H.264
-streams (a seek decodes from the previous key frame anyway).
+streams (a seek decodes from the previous key frame anyway). `FrameStream`
+decodes in a background thread so detection can start on the first frames.
 """
 
 import dataclasses
 import os
 import pathlib
+import threading
+import time
 
 import cv2
 import numpy as np
@@ -66,28 +69,47 @@ def read_frames(
     VideoError: the file is missing, empty, not a decodable video, or shorter
       than `min_frames` sampled frames; the message says which.
   """
-  path = pathlib.Path(path)
+  frames, indices, stats = [], [], {}
+  decoder = _decode(path, frame_step, max_frames, stats)
+  geometry, fps = next(decoder)
+  for index, rgb in decoder:
+    indices.append(index)
+    frames.append(rgb)
+  return _checked(geometry, fps, indices, frames, stats, frame_step, min_frames)
+
+
+def _open(path: pathlib.Path):
   if not path.is_file():
     raise VideoError("file not found")
   if path.stat().st_size == 0:
     raise VideoError("empty file (0 bytes)")
   cap = cv2.VideoCapture(str(path))
+  if not cap.isOpened():
+    cap.release()
+    raise VideoError("OpenCV cannot open it (not a video or corrupt container)")
+  return cap
+
+
+def _decode(path, frame_step: int, max_frames: int, stats: dict):
+  """Yields (Geometry, fps), then (frame number, RGB frame) per sampled one.
+
+  stats['decoded'] counts the frames decoded so far.
+
+  Decodes sequentially: grab() every frame, retrieve() the sampled ones.
+  The header frame count can be wrong (truncated files): it decodes until
+  the stream really ends or enough frames were sampled.
+  """
+  cap = _open(pathlib.Path(path))
   try:
-    if not cap.isOpened():
-      raise VideoError(
-        "OpenCV cannot open it (not a video or corrupt container)"
-      )
     width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
     header_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
     if width <= 0 or height <= 0:
       raise VideoError(f"invalid frame size {width}x{height}")
-    indices, frames = [], []
-    index = 0
-    # The header frame count can be wrong (truncated files): decode until the
-    # stream really ends or enough frames were sampled.
-    while len(frames) < max_frames:
+    yield Geometry(width, height, header_count), fps
+    index = sampled = 0
+    while sampled < max_frames:
       if not cap.grab():
         break
       if index % frame_step == 0:
@@ -99,21 +121,102 @@ def read_frames(
             f"frame {index} is {bgr.shape[1]}x{bgr.shape[0]}, header says "
             f"{width}x{height}"
           )
-        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-        indices.append(index)
+        sampled += 1
+        yield index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
       index += 1
+      stats["decoded"] = index
   finally:
     cap.release()
+
+
+def _checked(geometry, fps, indices, frames, stats, frame_step, min_frames):
   if not frames:
     raise VideoError("no frame could be decoded (truncated or corrupt stream)")
   if len(frames) < min_frames:
     raise VideoError(
       f"too short: {len(frames)} sampled frame(s) (every {frame_step}th of "
-      f"{index} decoded), fewer than the minimum {min_frames}"
+      f"{stats.get('decoded', 0)} decoded), fewer than the minimum "
+      f"{min_frames}"
     )
   return SampledFrames(
-    geometry=Geometry(width, height, header_count),
-    fps=fps,
-    frame_indices=indices,
-    frames=frames,
+    geometry=geometry, fps=fps, frame_indices=indices, frames=frames
   )
+
+
+class FrameStream:
+  """`read_frames` in a background thread, its frames usable as they come.
+
+  OpenCV releases the GIL while it decodes, so a consumer (face detection)
+  works on the first frames while the later ones are decoded: on 2 cores
+  decode and detection overlap instead of adding up.
+
+    stream = FrameStream(path, 10, 30, 8)
+    while stream.wait(i): use(stream[i]); i += 1
+    frames = stream.result()  # SampledFrames, or raises VideoError
+  """
+
+  def __init__(self, path, frame_step=10, max_frames=30, min_frames=1):
+    self._stats: dict = {}
+    self._args = (path, frame_step, max_frames, self._stats)
+    self._min_frames = min_frames
+    self._frames: list[np.ndarray] = []
+    self._indices: list[int] = []
+    self._head = None
+    self._error: BaseException | None = None
+    self._done = False
+    self.waited = 0.0  # seconds consumers spent blocked in wait()/result()
+    self.busy = 0.0  # seconds the thread spent decoding
+    self._cond = threading.Condition()
+    self._thread = threading.Thread(
+      target=self._run, name="decode", daemon=True
+    )
+    self._thread.start()
+
+  def _run(self) -> None:
+    start = time.perf_counter()
+    try:
+      decoder = _decode(*self._args)
+      head = next(decoder)
+      with self._cond:
+        self._head = head
+      for index, rgb in decoder:
+        with self._cond:
+          self._indices.append(index)
+          self._frames.append(rgb)
+          self._cond.notify_all()
+    except BaseException as e:  # noqa: BLE001 (re-raised by result())
+      self._error = e
+    finally:
+      with self._cond:
+        self.busy = time.perf_counter() - start
+        self._done = True
+        self._cond.notify_all()
+
+  def wait(self, i: int) -> bool:
+    """Blocks until frame i is decoded (True) or the stream ended (False)."""
+    start = time.perf_counter()
+    with self._cond:
+      self._cond.wait_for(lambda: len(self._frames) > i or self._done)
+      self.waited += time.perf_counter() - start
+      return len(self._frames) > i
+
+  def __getitem__(self, i: int) -> np.ndarray:
+    return self._frames[i]
+
+  def result(self) -> SampledFrames:
+    """Waits for the end; the frames as read_frames returns them."""
+    start = time.perf_counter()
+    self._thread.join()
+    self.waited += time.perf_counter() - start
+    if self._error is not None:
+      raise self._error
+    geometry, fps = self._head
+    return _checked(
+      geometry,
+      fps,
+      self._indices,
+      self._frames,
+      self._stats,
+      self._args[1],
+      self._min_frames,
+    )

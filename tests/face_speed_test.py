@@ -112,6 +112,38 @@ def test_moving_face_found_in_regions_with_fewer_whole_frames():
   assert squares.calls == [[True] * 12]
 
 
+class _ListStream:
+  """A decoded list behind video.FrameStream's interface."""
+
+  def __init__(self, frames):
+    self.frames = frames
+
+  def wait(self, i):
+    return i < len(self.frames)
+
+  def __getitem__(self, i):
+    return self.frames[i]
+
+
+@pytest.mark.parametrize("num", [1, 2, 11, 12])
+def test_streamed_keyframes_detect_as_the_list(num):
+  # Frame 7 lacks the face (a region re-search); a second face from 8 on.
+  def squares_at(t):
+    out = [] if t == 7 else [(40 + 6 * t, 60 + 2 * t, 30)]
+    return out + ([(250, 150, 40)] if t >= 8 else [])
+
+  frames = _frames(num, squares_at)
+  results = []
+  for given in (frames, _ListStream(frames)):
+    squares, counts = _RegionSquares(), {}
+    found, counts = keyframes.detect_keyframes(squares, given, 5, 0.5)
+    results.append((found, counts, squares.whole_frames))
+  (listed, c_list, w_list), (streamed, c_stream, w_stream) = results
+  assert len(streamed) == num and _same(streamed, listed)
+  assert c_stream == c_list and w_stream == w_list
+  assert _same(streamed, _Squares().detect(frames))
+
+
 def test_face_missing_from_its_region_is_searched_whole():
   # Frame 2 lacks the face: its region comes back empty, so that frame is
   # searched whole. A second face appears at frame 3 and stays: found on

@@ -295,3 +295,30 @@ def test_read_frames_and_bad_files(tmp_path):
   cut.write_bytes(clip.read_bytes()[: clip.stat().st_size // 3])
   with pytest.raises(video.VideoError):
     video.read_frames(cut)
+
+
+def test_frame_stream_gives_read_frames_and_its_errors(tmp_path):
+  clip = face_clip(tmp_path / "ok.mp4", num_frames=25)
+  want = video.read_frames(clip, frame_step=5, max_frames=30, min_frames=3)
+  stream = video.FrameStream(clip, frame_step=5, max_frames=30, min_frames=3)
+  seen = []
+  while stream.wait(len(seen)):
+    seen.append(stream[len(seen)])
+  got = stream.result()
+  assert len(seen) == 5 and got.frame_indices == want.frame_indices
+  assert got.geometry == want.geometry and got.fps == want.fps
+  for a, b, c in zip(seen, got.frames, want.frames, strict=True):
+    assert np.array_equal(a, b) and np.array_equal(b, c)
+  assert stream.busy > 0 and stream.waited >= 0
+  # The same errors as read_frames, raised by result(); wait() says done.
+  for path, args, message in (
+    (clip, (5, 30, 6), r"too short: 5 sampled frame\(s\) \(every 5th of 25"),
+    (tmp_path / "missing.mp4", (5, 30, 1), "file not found"),
+  ):
+    with pytest.raises(video.VideoError, match=message):
+      video.read_frames(path, *args)
+    stream = video.FrameStream(path, *args)
+    while stream.wait(0) and stream.wait(10**6):
+      pass
+    with pytest.raises(video.VideoError, match=message):
+      stream.result()
