@@ -114,7 +114,7 @@ def test_headless_backbone_has_no_classifier():
 
 
 def test_depthwise_impl_resolution_and_validation():
-  assert mv.resolve_depthwise_impl("auto") == "shifted"  # tests run on CPU
+  assert mv.resolve_depthwise_impl("auto") == "shifted_vjp"  # tests run on CPU
   assert mv.resolve_depthwise_impl("grouped") == "grouped"
   with pytest.raises(ValueError, match="depthwise_impl"):
     mv.resolve_depthwise_impl("fast")
