@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -36,21 +35,14 @@ from flax import nnx
 
 from asrid_jax.models import depthwise
 from asrid_jax.models import mobilenet_v3 as mv
-from bench import model_bench
+from bench import common, model_bench
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "layer_bench.json"
 
 
 def _best_ms(fn: Callable[[], Any], warmup: int, reps: int) -> float:
   """Best of `reps` in ms: the least disturbed run on a shared machine."""
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return 1e3 * min(times)
+  return 1e3 * min(common.run_times(fn, warmup, reps))
 
 
 def block_inputs(model, size: int, batch: int) -> list[tuple[int, ...]]:
@@ -143,20 +135,10 @@ def torch_block_ms(block, shape, warmup, reps, input_grad=True) -> float:
 def torch_depthwise_ms(shape, channels, k, stride, warmup, reps) -> float:
   import torch  # pylint: disable=g-import-not-at-top
 
-  n, h, w, _ = shape
   conv = torch.nn.Conv2d(
     channels, channels, k, stride, (k - 1) // 2, groups=channels, bias=False
   )
-  x = torch.randn(n, channels, h, w, requires_grad=True)
-  with torch.no_grad():
-    ct = torch.randn_like(conv(x))
-
-  def step():
-    conv.zero_grad(set_to_none=True)
-    x.grad = None
-    (conv(x) * ct).sum().backward()
-
-  return _best_ms(step, warmup, reps)
+  return torch_block_ms(conv, shape, warmup, reps)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -234,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   result = {
     "jax": jax.__version__,
     "backend": jax.default_backend(),
-    "cpu": model_bench._cpu_name(),
+    "cpu": common.cpu_name(),
     "size": args.size,
     "batch": args.batch,
     "dtype": args.dtype,
@@ -276,7 +258,7 @@ def _totals(rows, impls) -> dict[str, float]:
 def _print_table(rows, impls, args) -> None:
   print(
     f"\nfwd+bwd per block, {args.batch} x {args.size} px, {args.dtype}, "
-    f"{jax.default_backend()} ({model_bench._cpu_name()}); ms, "
+    f"{jax.default_backend()} ({common.cpu_name()}); ms, "
     "x = JAX time / torch time"
   )
   head = f"{'#':>2} {'block':<26}{'torch':>8}"

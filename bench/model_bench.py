@@ -40,7 +40,6 @@ import os
 import pathlib
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,19 +50,13 @@ from flax import nnx
 
 from asrid_jax.models import depthwise
 from asrid_jax.models import mobilenet_v3 as mv
+from bench import common
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "model_bench.json"
 
 
 def _median_seconds(fn: Callable[[], Any], warmup: int, reps: int) -> float:
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return statistics.median(common.run_times(fn, warmup, reps))
 
 
 # ---------------------------------------------------------------- JAX side
@@ -257,16 +250,6 @@ def _torch_info(threads: int) -> dict[str, Any]:
 # -------------------------------------------------------------------- main
 
 
-def _cpu_name() -> str:
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
-
-
 def _bf16_supported() -> bool:
   try:
     y = jnp.ones((2, 2), jnp.bfloat16) @ jnp.ones((2, 2), jnp.bfloat16)
@@ -296,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     "jax_version": jax.__version__,
     "jax_backend": backend,
     "jax_device": f"{device.platform}:{device.device_kind}",
-    "cpu": _cpu_name(),
+    "cpu": common.cpu_name(),
     "cpu_count": os.cpu_count(),
     "machine": platform.platform(),
     "batch": args.batch,
@@ -335,11 +318,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       add(dict(size=size, dtype=dtype, impl="torchvision", **ref))
       print(_format_row(rows[-1], args.batch), flush=True)
       impls = args.impls.split(",")
+
       # Every form's inference before any training step: a training step's
       # large temporaries slow the inference measured after it (seen on
       # XLA:CPU: 42 ms before, 73 ms after), which would favour the first.
-      inference = {
-        impl: bench_jax(
+      def run(impl: str, mode: str, dtype=dtype, size=size) -> dict:
+        return bench_jax(
           model,
           dtype,
           impl,
@@ -348,22 +332,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           args.warmup,
           args.reps,
           peak_bw,
-          modes=("infer",),
+          modes=(mode,),
         )
-        for impl in impls
-      }
+
+      inference = {impl: run(impl, "infer") for impl in impls}
       for impl in impls:
-        res = inference[impl] | bench_jax(
-          model,
-          dtype,
-          impl,
-          size,
-          args.batch,
-          args.warmup,
-          args.reps,
-          peak_bw,
-          modes=("train",),
-        )
+        res = inference[impl] | run(impl, "train")
         res.update(
           infer_ratio=ref["infer_s"] / res["infer_s"],
           train_ratio=ref["train_s"] / res["train_s"],

@@ -47,6 +47,7 @@ import cv2
 import numpy as np
 
 from asrid_jax import reporting
+from bench import common as bench_common
 from preprocessing import crop as crop_lib
 from preprocessing import faces as faces_lib
 from preprocessing import tracks as tracks_lib
@@ -138,16 +139,6 @@ def decode_costs(path: str, frame_step: int, max_frames: int, seeks: int):
   finally:
     cap.release()
   return {"grab": grab, "seek": (time.process_time() - cpu) / len(chosen)}
-
-
-def _cpu_model() -> str:
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor()
 
 
 def main(argv=None) -> int:
@@ -358,7 +349,7 @@ def main(argv=None) -> int:
     "device": args.device,
     "machine": {
       "cpus": os.cpu_count(),
-      "cpu_model": _cpu_model(),
+      "cpu_model": bench_common.cpu_name(),
       "load_average": os.getloadavg(),
       "torch_threads": torch.get_num_threads(),
       "python": platform.python_version(),

@@ -68,3 +68,16 @@ def no_face_clip(path: pathlib.Path, num_frames: int = 40) -> pathlib.Path:
     for _ in range(num_frames)
   ]
   return write_clip(path, smooth)
+
+
+def detections(boxes, scores=None):
+  """Detections of these boxes (score 0.99 unless given, landmarks at the
+  box centres)."""
+  from preprocessing import detect  # pylint: disable=g-import-not-at-top
+
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  n = len(boxes)
+  scores = np.full(n, 0.99, np.float32) if scores is None else scores
+  centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+  landmarks = np.repeat(centres[:, None, :], 5, axis=1)
+  return detect.Detections(boxes, np.asarray(scores, np.float32), landmarks)

@@ -8,20 +8,11 @@ import pathlib
 
 import numpy as np
 import pytest
+from preprocessing_clips import detections as _det
 from preprocessing_clips import face_clip
 
 from asrid_jax.data import records
 from preprocessing import crop, detect, inputs, splits, tracks, video
-
-
-def _det(boxes, scores=None):
-  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-  n = len(boxes)
-  scores = np.full(n, 0.99, np.float32) if scores is None else scores
-  centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-  landmarks = np.repeat(centres[:, None, :], 5, axis=1)
-  return detect.Detections(boxes, np.asarray(scores, np.float32), landmarks)
-
 
 # ----------------------------------------------------------------- tracks
 
