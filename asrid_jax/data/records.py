@@ -33,14 +33,27 @@ import os
 import pathlib
 import struct
 import tempfile
-import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import cv2
 import google_crc32c
 import numpy as np
 from tensorflow_datasets.proto import tf_example_pb2
+
+from asrid_jax.data.descriptors import (  # noqa: F401 (re-exported)
+  MAX_OPEN_SHARDS,
+  raise_open_file_limit,
+)
+from asrid_jax.data.descriptors import DescriptorPool as _DescriptorPool
+from asrid_jax.data.files import (  # noqa: F401 (re-exported)
+  fsync_dir,
+  honour_umask,
+  write_json_atomic,
+)
+from asrid_jax.data.jpeg import decode_jpeg, encode_jpeg  # noqa: F401
+from asrid_jax.data.tfrecord import FOOTER as _FOOTER
+from asrid_jax.data.tfrecord import HEADER as _HEADER
+from asrid_jax.data.tfrecord import frame, masked_crc32c  # noqa: F401
 
 # Bump when a field is added, removed or changes meaning.
 SCHEMA_VERSION = 1
@@ -55,10 +68,6 @@ META_VERSION = 2
 DATASET_INFO = "dataset_info.json"
 SPLITS = ("train", "val", "test")
 
-_HEADER = struct.Struct("<QI")  # length, masked crc of the length
-_FOOTER = struct.Struct("<I")  # masked crc of the data
-_MASK_DELTA = 0xA282EAD8
-
 
 class CorruptRecordError(ValueError):
   """A record whose framing or checksum is wrong; names the file and offset."""
@@ -68,23 +77,6 @@ class CorruptRecordError(ValueError):
     self.offset = offset
     self.reason = reason
     super().__init__(f"{self.path}: corrupt record at byte {offset}: {reason}")
-
-
-def masked_crc32c(data: bytes) -> int:
-  """The CRC-32C that TFRecord stores: rotated right by 15 plus a constant."""
-  crc = google_crc32c.value(data)
-  return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
-
-
-def frame(data: bytes) -> bytes:
-  """One TFRecord frame around `data`."""
-  length = struct.pack("<Q", len(data))
-  return (
-    length
-    + struct.pack("<I", masked_crc32c(length))
-    + data
-    + _FOOTER.pack(masked_crc32c(data))
-  )
 
 
 # ----------------------------------------------------------------------------
@@ -186,37 +178,6 @@ class FaceRecord:
   def decode_image(self) -> np.ndarray:
     """The crop as (H, W, 3) uint8 RGB."""
     return decode_jpeg(self.image)
-
-
-# The project's one JPEG codec (OpenCV): preprocessing encodes with it, the
-# input pipeline, augmentation and prediction decode with it, so a crop read
-# here has exactly the pixels the model trains on.
-
-
-def decode_jpeg(data: bytes, where: str = "image") -> np.ndarray:
-  """JPEG bytes -> (H, W, 3) uint8 RGB; ValueError naming `where` if bad."""
-  image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-  if image is None:
-    raise ValueError(f"{where}: image/encoded is not a decodable JPEG")
-  return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
-  """(H, W, 3) uint8 RGB -> JPEG bytes at `quality` (1..100)."""
-  image = np.asarray(image)
-  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-    raise ValueError(
-      f"encode_jpeg needs an (H, W, 3) uint8 image, got {image.dtype} "
-      f"{image.shape}"
-    )
-  ok, buf = cv2.imencode(
-    ".jpg",
-    cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-    [cv2.IMWRITE_JPEG_QUALITY, int(quality)],
-  )
-  if not ok:
-    raise RuntimeError(f"OpenCV could not JPEG-encode a {image.shape} image")
-  return buf.tobytes()
 
 
 # ----------------------------------------------------------------------------
@@ -355,7 +316,7 @@ class ShardWriter:
       )
       os.replace(self._tmp_index, index_path(self.path))
       os.replace(self._tmp, self.path)
-      _fsync_dir(self.path.parent)
+      fsync_dir(self.path.parent)
     except BaseException:
       self._discard()
       raise
@@ -379,14 +340,6 @@ class ShardWriter:
       self.close()
     else:
       self.abort()
-
-
-def _fsync_dir(path: pathlib.Path) -> None:
-  fd = os.open(path, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
 
 
 # ----------------------------------------------------------------------------
@@ -419,112 +372,7 @@ def _check(path, offset: int, header: bytes, data: bytes, footer: bytes):
     raise CorruptRecordError(path, offset, "data checksum mismatch")
 
 
-# Open shard descriptors are bounded per process: a DFDC-sized split has
-# thousands of shards, every grain worker reads all of them, and a common
-# `ulimit -n` is 1024. The pool keeps at most MAX_OPEN_SHARDS descriptors
-# (least recently used closed first); a descriptor in use by a thread is
-# never closed under it.
-MAX_OPEN_SHARDS = 128
-
-
-def raise_open_file_limit() -> tuple[int, int]:
-  """Raises this process's soft RLIMIT_NOFILE to the hard limit; (soft, hard).
-
-  Harmless where the soft limit already equals the hard one or where the
-  resource module is missing (non-POSIX).
-  """
-  try:
-    import resource  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return (-1, -1)
-  soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-  if hard != resource.RLIM_INFINITY and soft < hard:
-    try:
-      resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-      soft = hard
-    except (ValueError, OSError):
-      pass
-  return soft, hard
-
-
-class _DescriptorPool:
-  """A process-wide LRU of read-only descriptors with in-use counts."""
-
-  def __init__(self):
-    self._lock = threading.Lock()
-    self._fds: dict[str, int] = {}  # path -> fd, in LRU order (oldest first)
-    self._busy: dict[int, int] = {}  # fd -> threads using it
-    self._pid = -1
-    self._cap = MAX_OPEN_SHARDS
-    self.opened = 0  # descriptors opened (tests and benchmarks read it)
-
-  def _reset_after_fork(self) -> None:
-    # A forked child inherits the parent's descriptors but not its threads,
-    # so none is in use here: close them and start over.
-    if self._pid != -1:
-      for fd in set(self._fds.values()) | set(self._busy):
-        try:
-          os.close(fd)
-        except OSError:
-          pass
-    self._fds, self._busy, self._pid = {}, {}, os.getpid()
-    soft, _ = raise_open_file_limit()
-    if soft > 0:
-      # Leave most of the limit to everything else the process opens.
-      self._cap = max(1, min(MAX_OPEN_SHARDS, soft // 4))
-
-  @property
-  def cap(self) -> int:
-    return self._cap
-
-  def acquire(self, path: str) -> int:
-    with self._lock:
-      if self._pid != os.getpid():
-        self._reset_after_fork()
-      fd = self._fds.pop(path, None)
-      if fd is None:
-        self._evict(self._cap - 1)
-        fd = os.open(path, os.O_RDONLY)
-        self.opened += 1
-      self._fds[path] = fd  # most recently used last
-      self._busy[fd] = self._busy.get(fd, 0) + 1
-      return fd
-
-  def release(self, fd: int) -> None:
-    with self._lock:
-      n = self._busy.get(fd, 0) - 1
-      if n > 0:
-        self._busy[fd] = n
-        return
-      self._busy.pop(fd, None)
-      if fd not in self._fds.values():  # evicted while in use: close now
-        os.close(fd)
-      else:
-        self._evict(self._cap)
-
-  def _evict(self, keep: int) -> None:
-    for path in list(self._fds):
-      if len(self._fds) <= keep:
-        return
-      fd = self._fds[path]
-      del self._fds[path]
-      if not self._busy.get(fd):
-        os.close(fd)
-      # A busy fd leaves the table now and is closed by its last release.
-
-  def num_open(self) -> int:
-    with self._lock:
-      return len(self._fds) + sum(
-        1 for fd in self._busy if fd not in self._fds.values()
-      )
-
-  def close_path(self, path: str) -> None:
-    with self._lock:
-      fd = self._fds.pop(path, None)
-      if fd is not None and not self._busy.get(fd):
-        os.close(fd)
-
-
+# This process's shard descriptors (descriptors.py: LRU, fork-safe).
 DESCRIPTORS = _DescriptorPool()
 
 
@@ -607,39 +455,6 @@ def list_shards(data_dir: os.PathLike | str, split: str) -> list[pathlib.Path]:
 # ----------------------------------------------------------------------------
 # dataset_info.json
 # ----------------------------------------------------------------------------
-
-
-_UMASK_LOCK = threading.Lock()
-
-
-def honour_umask(fd: int) -> None:
-  """Gives a mkstemp file (always 0600) the mode open() would: 0666 & ~umask.
-
-  Without it another user's reader (predict, a shared cluster folder) gets
-  PermissionError on files whose shards beside them are readable.
-  """
-  with _UMASK_LOCK:  # umask can only be read by setting it
-    mask = os.umask(0o022)
-    os.umask(mask)
-  os.fchmod(fd, 0o666 & ~mask)
-
-
-def write_json_atomic(path: os.PathLike | str, obj: Any) -> None:
-  """Writes JSON to a temp file in the same folder, then renames it."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-  try:
-    honour_umask(fd)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(obj, f, indent=2, sort_keys=True, ensure_ascii=False)
-      f.write("\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
 
 
 def write_dataset_info(
