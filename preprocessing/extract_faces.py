@@ -439,16 +439,7 @@ def merge_info(
   """dataset_info.json from every worker's shards and skip logs."""
   manifests = out.manifests()
   written = {v["video_id"] for m in manifests for v in m["videos"]}
-  skipped = [i.as_dict() for i in issues]
-  for vid, entry in sorted(out.skip_entries().items()):
-    if vid not in written:
-      skipped.append(
-        {
-          "video": vid,
-          "reason": entry["reason"],
-          **{k: entry[k] for k in ("split", "label") if k in entry},
-        }
-      )
+  skipped = out.skipped(issues, written)
   info = {
     "input": str(args.input),
     "image_size": args.image_size,

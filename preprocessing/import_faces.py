@@ -358,11 +358,7 @@ def merge_info(out, args, found, issues, notes) -> dict:
   """dataset_info.json from every worker's shards and skip logs."""
   manifests = out.manifests()
   written = [v for m in manifests for v in m["videos"]]
-  written_ids = {v["video_id"] for v in written}
-  skipped = [i.as_dict() for i in issues]
-  for vid, entry in sorted(out.skip_entries().items()):
-    if vid not in written_ids:
-      skipped.append({"video": vid, "reason": entry["reason"]})
+  skipped = out.skipped(issues, {v["video_id"] for v in written})
   bad = [
     {"video": v["video_id"], "reason": r}
     for v in written

@@ -187,6 +187,16 @@ class OutputDir:
         result.append(manifest)
     return result
 
+  def skipped(self, issues, written_ids) -> list[dict]:
+    """dataset_info's 'skipped': the input issues, then every logged skip
+    of a video no shard holds (with its split and label when logged)."""
+    out = [i.as_dict() for i in issues]
+    for vid, entry in sorted(self.skip_entries().items()):
+      if vid not in written_ids:
+        kept = {k: entry[k] for k in ("split", "label") if k in entry}
+        out.append({"video": vid, "reason": entry["reason"], **kept})
+    return out
+
   def skip_entries(self) -> dict[str, dict]:
     """video_id -> {'video', 'reason', 'retry'} from every worker's log."""
     entries: dict[str, dict] = {}
