@@ -221,7 +221,7 @@ def extract_video_faces(
   """
   path = pathlib.Path(path)
   timings = {"decode": 0.0, "detect": 0.0, "crop": 0.0}
-  detections = None
+  detections, counts = None, {}
   t0 = time.perf_counter()
   try:
     if (
@@ -229,7 +229,9 @@ def extract_video_faces(
     ):
       # Keyframe detection consumes the frames in order: it runs while the
       # later ones are still being decoded (video.FrameStream).
-      frames, detections = _decode_and_detect(path, detector, settings, timings)
+      frames, detections, counts = _decode_and_detect(
+        path, detector, settings, timings
+      )
     else:
       frames = video_lib.read_frames(
         path, settings.frame_step, settings.max_frames, settings.min_frames
@@ -263,7 +265,7 @@ def extract_video_faces(
         counts=result.detect_counts,
       )
     else:
-      result.detect_counts.update(timings.pop("_counts"))
+      result.detect_counts.update(counts)
     result.detections = detections
     kept = tracks_lib.build_tracks(detections, settings.tracks)
     if not kept:
@@ -311,8 +313,7 @@ def _decode_and_detect(path, detector, settings, timings):
       timings["decode"] = stream.waited
       timings["detect"] = wall - stream.waited
       timings["decode_busy"] = stream.busy
-  timings["_counts"] = counts
-  return frames, detections
+  return frames, detections, counts
 
 
 def _crop_track(
