@@ -1,20 +1,25 @@
 """Keyframe face detection: whole frames every Nth sampled frame, regions between.
 
 MTCNN's cost grows with the area it searches; on a 1080p clip the faces
-cover a few percent of it. Every `step`-th sampled frame (and the last) is
-searched whole; each frame between two such keyframes only in regions around
-the faces found on them: a face's boxes on both keyframes (linked by
-overlap), or its box on one, grown by `margin` times its size on each side,
-so the motion between the keyframes stays inside. MTCNNDetector searches
-the regions with the whole frame's pyramid (preprocessing/mtcnn_regions.py),
-so a face inside gets the box and score the whole-frame pass gives it; any
-other detector gets the regions cut out (on a grid aligned with a 1/2 or 1/4
-downscale), which moves boxes by a few pixels. A region that comes back
-empty on a frame (the face moved out of it, or left) has that frame searched
-whole; after MAX_MISSES such frames in a row the face counts as gone for
-the gap. Faces that appear and vanish between two keyframes are missed; with
-`step` at most the track filter's minimum length such a face would not form
-a kept track anyway.
+cover a few percent of it. Every `step`-th sampled frame is searched whole;
+each frame between two such keyframes only in regions around the faces found
+on them: a face's boxes on both keyframes (linked by overlap), or its box on
+one, grown by `margin` times its size on each side, so the motion between
+the keyframes stays inside. The frames after the last keyframe (fewer than
+`step`) are searched around its faces, each as soon as it is decoded, so
+that when decoding ends only the last frame is left to search (a
+`video.FrameStream` tells how many frames its header promises; a stream
+that ends early, or runs longer, is handled as it comes). MTCNNDetector
+searches the regions with the whole frame's pyramid
+(preprocessing/mtcnn_regions.py), so a face inside gets the box and score
+the whole-frame pass gives it; any other detector gets the regions cut out
+(on a grid aligned with a 1/2 or 1/4 downscale), which moves boxes by a few
+pixels. A region that comes back empty on a frame (the face moved out of
+it, or left) has that frame searched in a wider region, or whole; after
+MAX_MISSES such frames in a row the face counts as gone for the gap. Faces
+that appear and vanish between two keyframes, or appear after the last one,
+are missed; with `step` at most the track filter's minimum length such a
+face would not form a kept track anyway.
 """
 
 import inspect
@@ -39,10 +44,10 @@ MAX_REGION_FRACTION = 0.5
 
 
 def keyframe_positions(num_frames: int, step: int) -> list[int]:
-  """0, step, 2*step, ... and the last position."""
+  """0, step, 2*step, ... below num_frames."""
   if num_frames <= 0:
     return []
-  return sorted(set(range(0, num_frames, max(step, 1))) | {num_frames - 1})
+  return list(range(0, num_frames, max(step, 1)))
 
 
 def _grown(box: np.ndarray, margin: float) -> np.ndarray:
@@ -182,9 +187,11 @@ def detect_keyframes(
     detector: finds faces; called on whole frames and on regions of them.
     frames: the sampled RGB frames, all of one size; or a
       `video.FrameStream` still decoding them: each keyframe is then searched
-      as soon as it is decoded, and each gap as soon as its closing keyframe
-      is, so detection overlaps decoding.
-    step: every `step`-th frame (and the last) is searched whole.
+      as soon as it is decoded, each gap as soon as its closing keyframe is,
+      and each frame after the last keyframe as soon as it is decoded, so
+      detection overlaps decoding and little is left when decoding ends.
+    step: every `step`-th frame is searched whole; the frames after the
+      last one only around its faces (one frame at a time).
     margin: regions grow the keyframe boxes by this times their size.
     detect_whole: how whole frames are searched (default detector.detect).
 
@@ -195,35 +202,79 @@ def detect_keyframes(
     came back empty.
   """
   whole = detect_whole or detector.detect
+  step = max(step, 1)
   out: dict[int, Detections] = {}
   counts = {"whole_frames": 0, "region_calls": 0, "redetected": 0}
-  if hasattr(frames, "wait"):  # a stream: keyframes one by one, as decoded
+
+  def keyframe(k: int, previous: int | None) -> None:
+    out[k] = whole([frames[k]])[0]
+    counts["whole_frames"] += 1
+    if previous is not None:
+      mids = [m for m in range(previous + 1, k) if m not in out]
+      _fill_gap(
+        detector, frames, previous, mids, out[k], margin, whole, out, counts
+      )
+
+  def trailing(m: int, previous: int) -> None:
+    _fill_gap(
+      detector,
+      frames,
+      previous,
+      [m],
+      Detections.empty(),
+      margin,
+      whole,
+      out,
+      counts,
+    )
+
+  if hasattr(frames, "wait"):  # a stream: frames one by one, as decoded
     i, previous = 0, None
     while frames.wait(i):
-      if i % max(step, 1) == 0 or not frames.wait(i + 1):
-        out[i] = whole([frames[i]])[0]
-        counts["whole_frames"] += 1
-        if previous is not None:
-          _fill_gap(detector, frames, previous, i, margin, whole, out, counts)
+      if i % step == 0:
+        keyframe(i, previous)
         previous = i
+      elif previous + step >= frames.expected:
+        trailing(i, previous)  # no keyframe is due after this one
       i += 1
+    # A stream shorter than its header said: its last frames had waited for
+    # a keyframe that never came.
+    for m in range(previous + 1 if previous is not None else 0, i):
+      if m not in out:
+        trailing(m, previous)
     return [out[j] for j in range(i)], counts
   keys = keyframe_positions(len(frames), step)
   for k, det in zip(keys, whole([frames[k] for k in keys]), strict=True):
     out[k] = det
   counts["whole_frames"] = len(keys)
   for a, b in zip(keys[:-1], keys[1:], strict=True):
-    _fill_gap(detector, frames, a, b, margin, whole, out, counts)
+    _fill_gap(
+      detector,
+      frames,
+      a,
+      list(range(a + 1, b)),
+      out[b],
+      margin,
+      whole,
+      out,
+      counts,
+    )
+  for m in range(keys[-1] + 1 if keys else 0, len(frames)):
+    trailing(m, keys[-1])
   return [out[j] for j in range(len(frames))], counts
 
 
-def _fill_gap(detector, frames, a, b, margin, whole, out, counts) -> None:
-  """Detections of the frames strictly between keyframes a and b."""
-  mids = list(range(a + 1, b))
+def _fill_gap(
+  detector, frames, a, mids, closing, margin, whole, out, counts
+) -> None:
+  """Detections of frames `mids`, between keyframe a and `closing`.
+
+  closing: the faces on the keyframe after mids (empty after the last one).
+  """
   if not mids:
     return
   height, width = frames[a].shape[:2]
-  regions = gap_regions(out[a], out[b], margin, (height, width))
+  regions = gap_regions(out[a], closing, margin, (height, width))
   area = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in regions)
   if area > MAX_REGION_FRACTION * height * width:
     counts["whole_frames"] += len(mids)

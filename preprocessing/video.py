@@ -166,6 +166,9 @@ class FrameStream:
     self._done = False
     self.waited = 0.0  # seconds consumers spent blocked in wait()/result()
     self.busy = 0.0  # seconds the thread spent decoding
+    # Sampled frames the header's frame count promises (0 until it is read;
+    # set before the first frame arrives). Truncated files give fewer.
+    self.expected = 0
     self._cond = threading.Condition()
     self._thread = threading.Thread(
       target=self._run, name="decode", daemon=True
@@ -177,6 +180,10 @@ class FrameStream:
     try:
       decoder = _decode(*self._args)
       head = next(decoder)
+      geometry, _ = head
+      self.expected = len(
+        sample_indices(self._args[1], self._args[2], geometry.frame_count)
+      )
       with self._cond:
         self._head = head
       for index, rgb in decoder:

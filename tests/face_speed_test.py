@@ -91,7 +91,7 @@ def _same(a, b):
 
 def test_keyframe_positions():
   assert keyframes.keyframe_positions(11, 5) == [0, 5, 10]
-  assert keyframes.keyframe_positions(12, 5) == [0, 5, 10, 11]
+  assert keyframes.keyframe_positions(12, 5) == [0, 5, 10]
   assert keyframes.keyframe_positions(3, 1) == [0, 1, 2]
   assert keyframes.keyframe_positions(0, 5) == []
 
@@ -103,9 +103,10 @@ def test_moving_face_found_in_regions_with_fewer_whole_frames():
   counts = {}
   found = faces.detect_faces(squares, frames, keyframe_step=5, counts=counts)
   assert _same(found, legacy)
-  # Keyframes 0, 5, 10, 11 whole; the 7 frames between in two region calls.
-  assert squares.whole_frames == 4 == counts["whole_frames"]
-  assert counts["region_calls"] == 2 and counts["redetected"] == 0
+  # Keyframes 0, 5, 10 whole; the 8 frames between in two region calls,
+  # frame 11 (after the last keyframe) around frame 10's face in a third.
+  assert squares.whole_frames == 3 == counts["whole_frames"]
+  assert counts["region_calls"] == 3 and counts["redetected"] == 0
   # keyframe_step 1: the legacy call, every frame whole, once.
   squares = _Squares()
   assert _same(faces.detect_faces(squares, frames), legacy)
@@ -117,6 +118,7 @@ class _ListStream:
 
   def __init__(self, frames):
     self.frames = frames
+    self.expected = len(frames)  # what the header promised
 
   def wait(self, i):
     return i < len(self.frames)
