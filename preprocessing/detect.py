@@ -207,7 +207,7 @@ class MTCNNDetector:
       sx = small.shape[2] / chunk[0].shape[1]
       # facenet-pytorch reads its minimum size at call time.
       self._mtcnn.min_face_size = detect_min
-      search = contextlib.nullcontext()
+      scaled = None
       if regions is not None:
         scaled = [
           (
@@ -218,9 +218,13 @@ class MTCNNDetector:
           )
           for x0, y0, x1, y1 in regions
         ]
-        search = mtcnn_regions.restricted_pyramid(
-          self._mtcnn, scaled, small.shape[1], small.shape[2]
-        )
+      # On CPU the pyramid is built from a summed-area table (the same
+      # values, faster); on a GPU torch builds whole-frame levels itself.
+      search = (
+        mtcnn_regions.exact_pyramid(self._mtcnn, small, scaled)
+        if scaled is not None or self.device == "cpu"
+        else contextlib.nullcontext()
+      )
       try:
         with search:
           boxes, probs, points = self._mtcnn.detect(small, landmarks=True)

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from preprocessing import detect, faces, keyframes
+from preprocessing import detect, faces, keyframes, mtcnn_regions
 
 SIZE = (240, 320)  # frame height, width
 
@@ -211,6 +211,63 @@ def test_separable_pool_is_torch_max_pool_exactly():
   for shape in [(2, 3, 24, 24), (1, 28, 22, 21), (5, 4, 9, 10), (1, 1, 3, 3)]:
     x = torch.randn(shape, generator=gen)
     assert torch.equal(detect.separable_max_pool_3x3(x), pool(x)), shape
+
+
+def test_area_resize_is_torch_area_interpolation_bit_for_bit():
+  torch = pytest.importorskip("torch")
+  from torch.nn.functional import interpolate
+
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 256, (2, 121, 203, 3), dtype=np.uint8)
+  size = frames.shape[1:3]
+  # What detect_face resizes: the frames as float, NCHW, channels last.
+  floats = torch.as_tensor(frames).permute(0, 3, 1, 2).type(torch.float32)
+  table = mtcnn_regions.summed_area(frames, 0, 0, *size)
+  sizes = [
+    (int(size[0] * s + 1), int(size[1] * s + 1))
+    for s in mtcnn_regions.pyramid_scales(*size, 12, 0.709)
+  ] + [(24, 24), (121, 203), (60, 101)]
+  for out in sizes:
+    want = interpolate(floats, size=out, mode="area").permute(0, 2, 3, 1)
+    got = mtcnn_regions.area_resize(
+      table, (0, 0), size, out, (0, out[0]), (0, out[1])
+    )
+    assert torch.equal(torch.from_numpy(got), want), out
+    # A window, from the table of a crop around its input pixels.
+    rows, cols = (out[0] // 3, out[0] // 2 + 1), (out[1] // 4, out[1] - 1)
+    y0 = mtcnn_regions.area_windows(size[0], out[0], *rows)[0][0]
+    x0 = mtcnn_regions.area_windows(size[1], out[1], *cols)[0][0]
+    crop = mtcnn_regions.summed_area(frames, y0, x0, *size)
+    part = mtcnn_regions.area_resize(crop, (y0, x0), size, out, rows, cols)
+    assert torch.equal(
+      torch.from_numpy(part), want[:, rows[0] : rows[1], cols[0] : cols[1]]
+    ), out
+
+
+def test_mtcnn_whole_frames_match_the_library_exactly(tmp_path, monkeypatch):
+  import contextlib
+
+  from preprocessing import make_sample, video
+
+  part = make_sample.make_sample(
+    tmp_path,
+    make_sample.SampleSettings(num_originals=1, fakes_per_original=0, frames=8),
+    progress=False,
+  )
+  (path,) = sorted(part.glob("*.mp4"))
+  frames = video.read_frames(path, frame_step=2).frames
+  detector = detect.MTCNNDetector()
+  ours = detector.detect(frames)
+  # facenet-pytorch building its own pyramid with imresample.
+  monkeypatch.setattr(
+    mtcnn_regions, "exact_pyramid", lambda *a: contextlib.nullcontext()
+  )
+  library = detector.detect(frames)
+  assert sum(len(d) for d in ours) >= len(frames)
+  for a, b in zip(ours, library, strict=True):
+    assert np.array_equal(a.boxes, b.boxes)
+    assert np.array_equal(a.scores, b.scores)
+    assert np.array_equal(a.landmarks, b.landmarks)
 
 
 def test_mtcnn_regions_give_the_whole_frame_boxes(tmp_path):
