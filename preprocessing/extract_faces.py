@@ -105,12 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     "the main face's (0: keep every size)",
   )
   a("--track_rank", choices=("weight", "length"), default="weight")
+  a("--cut_threshold", type=float, default=0.33, help="shot cut: 0 = off")
   a(
     "--legacy_faces",
     action="store_true",
     help="detection and track rule exactly as before issue 13 (sets "
     "--detect_relative_size 0 --keyframe_step 1 "
-    "--min_track_relative_size 0 --track_rank length)",
+    "--min_track_relative_size 0 --track_rank length --cut_threshold 0)",
   )
   # Crops.
   a("--margin", type=float, default=1 / 3, help="fraction of the box a side")
@@ -139,6 +140,7 @@ def face_settings(args: argparse.Namespace) -> faces_lib.FaceSettings:
       min_score=args.min_track_score,
       min_relative_size=args.min_track_relative_size,
       rank=args.track_rank,
+      cut_threshold=args.cut_threshold,
     ),
   )
   if legacy:

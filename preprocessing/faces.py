@@ -16,6 +16,7 @@ import numpy as np
 
 from preprocessing import crop as crop_lib
 from preprocessing import keyframes as keyframes_lib
+from preprocessing import shots as shots_lib
 from preprocessing import tracks as tracks_lib
 from preprocessing import video as video_lib
 from preprocessing.detect import Detections, Detector
@@ -77,12 +78,9 @@ def detect_faces(
   is searched whole and the frames between only around the faces found on
   those (preprocessing/keyframes.py). `counts`, when given, receives how
   many frames were searched whole and how many region calls were made.
-  The whole-frame searches use `relative_size` as `search_by_face_size`
-  says.
+  The whole-frame searches use `relative_size` as `FaceSizeSearch` says.
   """
-
-  def whole(chosen: list[np.ndarray]) -> list[Detections]:
-    return search_by_face_size(detector, chosen, relative_size)
+  whole = FaceSizeSearch(detector, relative_size)
 
   streaming = hasattr(frames, "wait")  # a video.FrameStream
   if keyframe_step <= 1 or (not streaming and len(frames) < 3):
@@ -97,32 +95,39 @@ def detect_faces(
   return found
 
 
-def search_by_face_size(
-  detector: Detector, frames: list[np.ndarray], relative_size: float = 0.0
-) -> list[Detections]:
-  """Detections per frame, at a resolution set by the face size.
+class FaceSizeSearch:
+  """Whole-frame searches at a resolution set by the face size.
 
   MTCNN's cost is its image pyramid, which grows with the square of
   frame size / smallest face searched. A 1080p DFDC face is 130-400 px
   tall, far above the detector's 40 px floor, so searching down to 40 px
-  on every frame is most of the cost. The first frame is detected at the
-  detector's own settings; the others only down to `relative_size` times
-  its largest face (on frames shrunk to match). The track rule drops faces
-  below `TrackSettings.min_relative_size` of the main face anyway, so
-  `relative_size` should stay below that, leaving room for the face to
-  change size during the video. Without a face in the first frame, or with
-  `relative_size` 0, or a detector without `min_face_size`, every frame is
-  detected at the detector's settings.
+  on every frame is most of the cost. The first frame searched is detected
+  at the detector's own settings; once one had a face, the frames after it
+  (in this call and later ones: keyframes come one at a time) only down to
+  `relative_size` times its largest face (on frames shrunk to match). The
+  track rule drops faces below `TrackSettings.min_relative_size` of the main
+  face anyway, so `relative_size` should stay below that, leaving room for
+  the face to change size during the video. With `relative_size` 0, or a
+  detector without `min_face_size`, every frame is detected at the
+  detector's settings.
   """
-  supports = "min_face_size" in inspect.signature(detector.detect).parameters
-  if relative_size <= 0 or not supports or len(frames) < 2:
-    return detector.detect(frames)
-  first = detector.detect(frames[:1])
-  if not len(first[0]):
-    return first + detector.detect(frames[1:])
-  heights = first[0].boxes[:, 3] - first[0].boxes[:, 1]
-  min_face = relative_size * float(np.max(heights))
-  return first + detector.detect(frames[1:], min_face_size=min_face)
+
+  def __init__(self, detector: Detector, relative_size: float = 0.0):
+    self.detector = detector
+    supports = "min_face_size" in inspect.signature(detector.detect).parameters
+    self.relative_size = relative_size if supports else 0.0
+    self.min_face: float | None = None
+
+  def __call__(self, frames: list[np.ndarray]) -> list[Detections]:
+    if self.relative_size <= 0 or not len(frames):
+      return self.detector.detect(frames)
+    if self.min_face is not None:
+      return self.detector.detect(frames, min_face_size=self.min_face)
+    first = self.detector.detect(frames[:1])
+    if len(first[0]):
+      heights = first[0].boxes[:, 3] - first[0].boxes[:, 1]
+      self.min_face = self.relative_size * float(np.max(heights))
+    return first + (self(frames[1:]) if len(frames) > 1 else [])
 
 
 @dataclasses.dataclass
@@ -172,6 +177,8 @@ class VideoFaces:
   detect_counts: dict[str, int] = dataclasses.field(default_factory=dict)
   # Every sampled frame's detections, before tracking (empty when reused).
   detections: list[Detections] = dataclasses.field(default_factory=list)
+  # Sampled-frame positions where a new shot starts (no track spans a cut).
+  shot_starts: list[int] = dataclasses.field(default_factory=list)
 
   @property
   def ok(self) -> bool:
@@ -267,7 +274,12 @@ def extract_video_faces(
     else:
       result.detect_counts.update(counts)
     result.detections = detections
-    kept = tracks_lib.build_tracks(detections, settings.tracks)
+    result.shot_starts = shots_lib.shot_starts(
+      frames.frames, settings.tracks.cut_threshold
+    )
+    kept = tracks_lib.build_tracks(
+      detections, settings.tracks, result.shot_starts
+    )
     if not kept:
       raw = sum(len(d) for d in detections)
       result.skip_reason = (

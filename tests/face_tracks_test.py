@@ -41,7 +41,8 @@ def test_weight_ranks_a_steady_main_face_above_a_longer_jittery_one():
   steady = [300, 100, 420, 240]
   dets = []
   for t in range(10):
-    boxes = [[10 + 9 * (t % 2), 10, 110 + 9 * (t % 2), 130]]  # jitters
+    # Jitters by half its width: IoU 1/3 between frames (still linked).
+    boxes = [[10 + 50 * (t % 2), 10, 110 + 50 * (t % 2), 130]]
     scores = [0.9]
     if t >= 2:  # the steady face is missing in two frames
       boxes.append(steady)
@@ -51,7 +52,13 @@ def test_weight_ranks_a_steady_main_face_above_a_longer_jittery_one():
   by_length = tracks.build_tracks(dets, tracks.TrackSettings(**tracks.LEGACY))
   assert by_weight[0].boxes[0].tolist() == steady
   assert by_length[0].boxes[0].tolist() != steady
-  assert by_weight[0].stability == 1.0 and by_weight[1].stability < 0.9
+  assert by_weight[0].stability == 1.0
+  assert by_weight[1].stability == pytest.approx((1 / 3) / tracks.STEADY_IOU)
+  # Moving by a tenth of its width (IoU 0.82) is steady.
+  moving = tracks.link_tracks(
+    [_det([[10 + 10 * t, 10, 110 + 10 * t, 130]]) for t in range(5)]
+  )
+  assert moving[0].stability == 1.0
   with pytest.raises(ValueError, match="track rank"):
     tracks.TrackSettings(rank="size")
 
@@ -122,6 +129,39 @@ def test_real_footage_one_track_per_person(real_samples):
   )
 
 
+class _Stream:
+  """Decoded frames behind video.FrameStream's interface."""
+
+  def __init__(self, frames):
+    self.frames, self.expected = frames, len(frames)
+
+  def wait(self, i):
+    return i < len(self.frames)
+
+  def __getitem__(self, i):
+    return self.frames[i]
+
+
+def test_streamed_keyframes_keep_the_first_faces_size():
+  # Keyframes come one at a time: the first sets the size for the others.
+  frames = [np.zeros((400, 400, 3), np.uint8)] * 11
+  rec = _Recorder()
+  calls = []
+  original = rec.detect
+
+  def detect(chosen, *, min_face_size=None):
+    calls.append((chosen[0].shape[:2], min_face_size))
+    return original(chosen, min_face_size=min_face_size)
+
+  rec.detect = detect
+  found = faces.detect_faces(rec, _Stream(frames), 0.4, keyframe_step=5)
+  assert len(found) == 11
+  whole = [size for shape, size in calls if shape == (400, 400)]
+  # Keyframes 0, 5, 10 and (the face's regions cover most of the frame)
+  # the gaps between them, in that order.
+  assert whole == [None, 80.0, 80.0, 80.0, 80.0]
+
+
 def test_rule_is_recorded_and_legacy_flag_sets_the_old_values():
   from preprocessing import extract_faces
 
@@ -130,10 +170,12 @@ def test_rule_is_recorded_and_legacy_flag_sets_the_old_values():
   stored = extract_faces.stored_settings(parse(base))
   assert stored["tracks"]["min_relative_size"] == 0.5
   assert stored["tracks"]["rank"] == "weight"
+  assert stored["tracks"]["cut_threshold"] == 0.33
   assert stored["detect_relative_size"] == 0.0
   legacy = extract_faces.stored_settings(
     parse([*base, "--legacy_faces", "--detect_relative_size", "0.4"])
   )
   assert legacy["tracks"]["min_relative_size"] == 0.0
   assert legacy["tracks"]["rank"] == "length"
+  assert legacy["tracks"]["cut_threshold"] == 0.0
   assert legacy["detect_relative_size"] == 0.0
