@@ -16,10 +16,12 @@ machine may be loaded by others: compare ratios and CPU seconds), tracks
 found by each, frames searched whole, and the agreement of the new pass with
 the legacy one on the same frames:
 
-- recall: of the legacy pass's boxes in tracks the size rule keeps (the
-  same track filter applied to both), the fraction with a new-pass box in a
-  kept track of IoU >= 0.5 in the same frame; `recall_all` counts every
-  legacy box, also those of the small faces the size rule now drops;
+- recall: of the legacy pass's boxes in the tracks the current track rule
+  keeps when given the legacy detections (the same rule, shot cuts
+  included, applied to both), the fraction with a new-pass box in a kept
+  track of IoU >= 0.5 in the same frame; `recall_all` counts every box of
+  the legacy pass's own tracks, also those of the small faces the size rule
+  now drops and of the frames the cut rule now splits off;
   `det recall` matches the same legacy boxes against the new pass's
   detections before tracking (what the detection scheme decides; the rest
   is the track linking reacting to boxes that moved a pixel);
@@ -125,9 +127,12 @@ def _one(path, detector, settings) -> tuple[faces_lib.VideoFaces, dict]:
 
 
 def decode_costs(path: str, frame_step: int, max_frames: int, seeks: int):
-  """CPU s per sampled frame: sequential grab/retrieve vs seek + read."""
-  cpu = time.process_time()
+  """CPU s per sampled frame: sequential grab/retrieve vs seek + read;
+  and the wall seconds of decoding alone (read_frames), the floor of
+  decode + detect."""
+  cpu, wall = time.process_time(), time.perf_counter()
   frames = video_lib.read_frames(path, frame_step, max_frames)
+  wall = time.perf_counter() - wall
   grab = (time.process_time() - cpu) / len(frames.frame_indices)
   cap = cv2.VideoCapture(path)
   cpu = time.process_time()
@@ -138,7 +143,11 @@ def decode_costs(path: str, frame_step: int, max_frames: int, seeks: int):
       cap.read()
   finally:
     cap.release()
-  return {"grab": grab, "seek": (time.process_time() - cpu) / len(chosen)}
+  return {
+    "grab": grab,
+    "seek": (time.process_time() - cpu) / len(chosen),
+    "decode_wall": wall,
+  }
 
 
 def main(argv=None) -> int:
@@ -192,7 +201,9 @@ def main(argv=None) -> int:
         rows.append({"video": pathlib.Path(path).name, "skip": old.skip_reason})
         continue
       n = len(old.frame_indices)
-      ref_tracks = tracks_lib.filter_tracks(old.raw_tracks, n, fast.tracks)
+      ref_tracks = tracks_lib.build_tracks(
+        old.detections, fast.tracks, new.shot_starts
+      )
       agree = agreement(
         _boxes_by_frame(old, ref_tracks),
         _boxes_by_frame(new),
@@ -223,6 +234,7 @@ def main(argv=None) -> int:
           "size": f"{old.geometry.width}x{old.geometry.height}",
           "tracks_legacy": len(old.tracks),
           "tracks_fast": len(new.tracks),
+          "shot_cuts": len(new.shot_starts),
           "seconds": mean,
           "detect_ratio": [
             a["detect"] / b["detect"]
@@ -257,7 +269,8 @@ def main(argv=None) -> int:
 
   ok = [r for r in rows if "skip" not in r]
   header = (
-    "video", "size", "tracks old/new", "old dec+det s", "new dec+det s",
+    "video", "size", "cuts", "tracks old/new", "old dec+det s",
+    "new dec+det s",
     "ratio", "cpu s old/new", "cpu ratio", "recall", "recall_all",
     "det recall", "med IoU", f"moved>{args.shift_px:g}px", "whole/frames",
   )  # fmt: skip
@@ -268,6 +281,7 @@ def main(argv=None) -> int:
       (
         r["video"][:28],
         r["size"],
+        str(r["shot_cuts"]),
         f"{r['tracks_legacy']}/{r['tracks_fast']}",
         f"{o['decode']:.2f}+{o['detect']:.2f}",
         f"{f['decode']:.2f}+{f['detect']:.2f}",
@@ -315,6 +329,12 @@ def main(argv=None) -> int:
       f"1080p clips ({len(hd)}), {name}: decode {mean['decode']:.2f} s + "
       f"detect {mean['detect']:.2f} s = {mean['decode'] + mean['detect']:.2f}"
       f" s a video (wall), {mean['cpu']:.2f} CPU s"
+    )
+  alone = [r["decode_costs"]["decode_wall"] for r in hd if r["decode_costs"]]
+  if alone:
+    print(
+      f"1080p clips: decoding alone (read_frames, no detection) "
+      f"{np.mean(alone):.2f} s a video (wall), the floor of decode + detect"
     )
   seeks = [r for r in ok if r.get("decode_costs")]
   if seeks:
