@@ -97,7 +97,13 @@ def main() -> None:
   forward = scoring.make_forward(model)
   size, t = options.image_size, options.clip_len
   start = time.perf_counter()
-  jax.block_until_ready(forward(np.zeros((4, t, size, size, 3), np.uint8)))
+  # With frame orders, as predict calls it: without them jit would compile
+  # a second program inside the first video's model time.
+  jax.block_until_ready(
+    forward(
+      np.zeros((4, t, size, size, 3), np.uint8), np.zeros((4, t), np.int32)
+    )
+  )
   compile_s = time.perf_counter() - start
 
   results = predict.predict_videos(
