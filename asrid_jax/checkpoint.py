@@ -215,9 +215,7 @@ class Checkpointer:
     force: bool = False,
   ) -> bool:
     """Starts an (async) save of `state` at `step`; returns if it saved."""
-    model = {
-      k: state[k] for k in MODEL_KEYS if k in state
-    }
+    model = {k: state[k] for k in MODEL_KEYS if k in state}
     items = dict(
       model=ocp.args.StandardSave(model),
       opt=ocp.args.StandardSave({"opt": state["opt"], "step": state["step"]}),

@@ -366,9 +366,7 @@ def _train_locked(config, workdir, on_step) -> dict[str, Any]:
           last_eval = result
           writer.scalars(step, last_eval)
           logging.info("step %d validation: %s", step, last_eval)
-          state = trainer.feed_validation_loss(
-            state, last_eval["val/log_loss"]
-          )
+          state = trainer.feed_validation_loss(state, last_eval["val/log_loss"])
           metrics_for_ckpt = {ckpt_lib.METRIC: last_eval["val/log_loss"]}
       saved = False
       if step % config.checkpoint_every == 0 or metrics_for_ckpt or last:

@@ -67,9 +67,7 @@ def test_shifted_vjp_grads_match_torch(stride, k):
     tx, tw, stride=stride, padding=pad, groups=x.shape[-1]
   )
   ct = torch.tensor(
-    np.cos(np.arange(ty.numel(), dtype=np.float32)).reshape(
-      np.asarray(y).shape
-    )
+    np.cos(np.arange(ty.numel(), dtype=np.float32)).reshape(np.asarray(y).shape)
   ).permute(0, 3, 1, 2)
   (ty * ct).sum().backward()
   assert _rel(y, ty.detach().permute(0, 2, 3, 1).numpy()) < 1e-5

@@ -223,9 +223,9 @@ def test_confident_matches_reference_rule(seed):
   for _ in range(200):
     n = int(rng.integers(1, 60))
     p = rng.choice([0.05, 0.1, 0.5, 0.85, 0.95], n) * rng.uniform(0.97, 1, n)
-    assert metrics.confident_score(
-      p, min_fake_count=11
-    ) == pytest.approx(_reference_confident(p))
+    assert metrics.confident_score(p, min_fake_count=11) == pytest.approx(
+      _reference_confident(p)
+    )
     if n == 32:  # the scaled default is the winner's rule at its 32 frames
       assert metrics.confident_score(p) == pytest.approx(
         _reference_confident(p)

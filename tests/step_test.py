@@ -59,7 +59,9 @@ def test_frozen_parameters_do_not_count_in_grad_norm():
   before = jax.device_get(state["params"])
   rng = np.random.default_rng(0)
   batch = {
-    "image": rng.integers(0, 255, (8, cfg.data.clip_len, 32, 32, 3), dtype=np.uint8),
+    "image": rng.integers(
+      0, 255, (8, cfg.data.clip_len, 32, 32, 3), dtype=np.uint8
+    ),
     "label": np.arange(8, dtype=np.int32) % 2,
   }
   batch = jax.device_put(batch, trainer.batch_sharding)
@@ -115,7 +117,9 @@ def test_checkpoint_without_ema_stats_resumes_with_raw_statistics(tmp_path):
   ckpt.save(3, old, force=True)
   ckpt.close()
   target = dict(old, ema_stats=old["model_state"])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)
+  target = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target
+  )
   ckpt = ckpt_lib.Checkpointer(tmp_path)
   assert not ckpt.has_item(3, "ema_stats") and ckpt.has_ema(3)
   state = ckpt.restore(3, target)
