@@ -21,7 +21,8 @@ def face_settings_from_info(
   """(FaceSettings, detector kwargs) as the training shards were made.
 
   `info` is the training data's dataset_info.json (None: preprocessing's
-  defaults); `overrides` (non-None values) win over both.
+  defaults; track settings it predates take the values it was made with,
+  `tracks.PREDATING`); `overrides` (non-None values) win over both.
   """
   from preprocessing import faces as faces_lib
   from preprocessing import tracks as tracks_lib
@@ -33,6 +34,9 @@ def face_settings_from_info(
   tracks = {
     k: v for k, v in (stored.get("tracks") or {}).items() if k in track_keys
   }
+  if stored.get("tracks"):
+    # Data made before a track setting existed was made without it.
+    tracks = {**tracks_lib.PREDATING, **tracks}
   detector = {
     k: stored[k]
     for k in ("downscale", "min_face_size", "thresholds")

@@ -30,6 +30,7 @@ from asrid_jax.data import records
 from preprocessing import faces as faces_lib
 from preprocessing import inputs as inputs_lib
 from preprocessing import output as output_lib
+from preprocessing import shots
 from preprocessing import splits as splits_lib
 from preprocessing.detect import Detector
 from preprocessing.tracks import TrackSettings
@@ -76,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     "--keyframe_step",
     type=int,
     default=faces_lib.FaceSettings.keyframe_step,
-    help="search every Nth sampled frame (and the last) whole, the frames "
-    "between only around the faces found there (1: every frame whole)",
+    help="search every Nth sampled frame whole, the frames between and "
+    "after only around the faces found there (1: every frame whole)",
   )
   a(
     "--region_margin",
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     "the main face's (0: keep every size)",
   )
   a("--track_rank", choices=("weight", "length"), default="weight")
-  a("--cut_threshold", type=float, default=0.33, help="shot cut: 0 = off")
+  a("--cut_threshold", type=float, default=shots.DEFAULT_THRESHOLD)
   a(
     "--legacy_faces",
     action="store_true",

@@ -32,10 +32,10 @@ class FaceSettings:
     min_frames: a video with fewer sampled frames is skipped.
     margin: added to each side of a box, as a fraction of its size.
     image_size: side of the square crops.
-    detect_relative_size: after the first sampled frame (detected at the
-      detector's own settings), search faces only down to this fraction of
-      the largest face found there, on frames shrunk to match (see
-      `detect_faces`); 0 detects every frame at the detector's settings.
+    detect_relative_size: after the first sampled frame searched whole with
+      a face (detected at the detector's own settings), search faces only
+      down to this fraction of its largest face, on frames shrunk to match
+      (`FaceSizeSearch`); 0 detects every frame at the detector's settings.
     tracks: linking and filtering of face tracks.
   """
 
@@ -74,8 +74,8 @@ def detect_faces(
 ) -> list[Detections]:
   """Detections per frame: every frame whole, or keyframes and regions.
 
-  With `keyframe_step` above 1, every `keyframe_step`-th frame (and the last)
-  is searched whole and the frames between only around the faces found on
+  With `keyframe_step` above 1, every `keyframe_step`-th frame is searched
+  whole and the frames between and after only around the faces found on
   those (preprocessing/keyframes.py). `counts`, when given, receives how
   many frames were searched whole and how many region calls were made.
   The whole-frame searches use `relative_size` as `FaceSizeSearch` says.
@@ -83,7 +83,7 @@ def detect_faces(
   whole = FaceSizeSearch(detector, relative_size)
 
   streaming = hasattr(frames, "wait")  # a video.FrameStream
-  if keyframe_step <= 1 or (not streaming and len(frames) < 3):
+  if keyframe_step <= 1 or (not streaming and len(frames) < 2):
     found = whole(frames)
     stats = {"whole_frames": len(frames), "region_calls": 0, "redetected": 0}
   else:
@@ -127,7 +127,12 @@ class FaceSizeSearch:
     if len(first[0]):
       heights = first[0].boxes[:, 3] - first[0].boxes[:, 1]
       self.min_face = self.relative_size * float(np.max(heights))
-    return first + (self(frames[1:]) if len(frames) > 1 else [])
+      rest = {"min_face_size": self.min_face}
+    else:  # the rest of this call at the detector's settings
+      rest = {}
+    if len(frames) == 1:
+      return first
+    return first + self.detector.detect(frames[1:], **rest)
 
 
 @dataclasses.dataclass

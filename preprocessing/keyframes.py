@@ -18,8 +18,9 @@ pixels. A region that comes back empty on a frame (the face moved out of
 it, or left) has that frame searched in a wider region, or whole; after
 MAX_MISSES such frames in a row the face counts as gone for the gap. Faces
 that appear and vanish between two keyframes, or appear after the last one,
-are missed; with `step` at most the track filter's minimum length such a
-face would not form a kept track anyway.
+are missed; with `step` (5) at most the track filter's minimum length (a
+fifth of the sampled frames: 6 of 30) such a face would not form a kept
+track anyway.
 """
 
 import inspect
@@ -210,7 +211,10 @@ def detect_keyframes(
     out[k] = whole([frames[k]])[0]
     counts["whole_frames"] += 1
     if previous is not None:
-      mids = [m for m in range(previous + 1, k) if m not in out]
+      # All of them: frames searched early as trailing ones (the header
+      # promised fewer frames) are searched again with this keyframe's
+      # faces, as the list path does.
+      mids = list(range(previous + 1, k))
       _fill_gap(
         detector, frames, previous, mids, out[k], margin, whole, out, counts
       )
@@ -234,7 +238,7 @@ def detect_keyframes(
       if i % step == 0:
         keyframe(i, previous)
         previous = i
-      elif previous + step >= frames.expected:
+      elif 0 < frames.expected <= previous + step:
         trailing(i, previous)  # no keyframe is due after this one
       i += 1
     # A stream shorter than its header said: its last frames had waited for
@@ -275,6 +279,10 @@ def _fill_gap(
     return
   height, width = frames[a].shape[:2]
   regions = gap_regions(out[a], closing, margin, (height, width))
+  if not regions:  # no face on either keyframe: nothing to search
+    for m in mids:
+      out[m] = Detections.empty()
+    return
   area = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in regions)
   if area > MAX_REGION_FRACTION * height * width:
     counts["whole_frames"] += len(mids)

@@ -12,7 +12,7 @@ verdict. The size rule: the main face is the largest (median box height)
 among the tracks long and confident enough; a track whose median height is
 below `min_relative_size` times the main face's is dropped. The kept tracks
 are ranked by weight = relative size * fraction of frames present * mean
-score * stability (median over consecutive boxes of IoU / STEADY_IOU, at
+score * stability (median over consecutive boxes of IoU / steady_iou, at
 most 1: a face that moves a third of its width between sampled frames, as a
 speaker's head does at every 10th frame, is not penalised; a box that jumps
 around is), main face first. The
@@ -28,12 +28,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from preprocessing import shots
 from preprocessing.detect import Detections
-
-# Consecutive boxes overlapping this much count as a steady track. A singer
-# on the Hamilton clip, the main face, moves at a median IoU of 0.38 between
-# sampled frames; the audience faces sit at 0.7-0.9.
-STEADY_IOU = 0.5
 
 
 @dataclasses.dataclass
@@ -57,15 +53,14 @@ class Track:
     b = np.stack(self.boxes)
     return float(np.median(b[:, 3] - b[:, 1]))
 
-  @property
-  def stability(self) -> float:
-    """Median of min(1, IoU / STEADY_IOU) of consecutive boxes; 1.0 for a
-    one-box track."""
+  def stability(self, steady_iou: float = 0.5) -> float:
+    """Median of min(1, IoU / steady_iou) of consecutive boxes; 1.0 for a
+    one-box track (steady_iou 1: the plain median IoU)."""
     if len(self.boxes) < 2:
       return 1.0
     b = np.stack(self.boxes)
     ious = [iou_matrix(b[i], b[i + 1])[0, 0] for i in range(len(b) - 1)]
-    return float(np.median(np.minimum(1.0, np.asarray(ious) / STEADY_IOU)))
+    return float(np.median(np.minimum(1.0, np.asarray(ious) / steady_iou)))
 
   @property
   def mean_area(self) -> float:
@@ -92,6 +87,10 @@ class TrackSettings:
     cut_threshold: a shot cut between two sampled frames ends every track
       (preprocessing/shots.py: histogram distance above this); 0: no cut
       detection.
+    steady_iou: consecutive boxes overlapping this much count as steady in
+      the 'weight' rank's stability (the Hamilton clip's singer, its main
+      face, moves at a median IoU of 0.38 between sampled frames; the
+      audience faces sit at 0.7-0.9); 1.0: the plain median IoU.
   """
 
   iou_threshold: float = 0.2
@@ -101,11 +100,14 @@ class TrackSettings:
   min_score: float = 0.75
   min_relative_size: float = 0.5
   rank: str = "weight"
-  cut_threshold: float = 0.33
+  cut_threshold: float = shots.DEFAULT_THRESHOLD
+  steady_iou: float = 0.5
 
   def __post_init__(self):
     if self.rank not in RANKS:
       raise ValueError(f"track rank must be one of {RANKS}, got {self.rank!r}")
+    if not 0.0 < self.steady_iou <= 1.0:
+      raise ValueError(f"steady_iou must be in (0, 1], got {self.steady_iou}")
     if not 0.0 <= self.cut_threshold <= 1.0:
       raise ValueError(
         f"cut_threshold must be in [0, 1], got {self.cut_threshold}"
@@ -119,6 +121,9 @@ class TrackSettings:
 RANKS = ("weight", "length")
 # The settings of the track rule before sizes counted (issue 13).
 LEGACY = dict(min_relative_size=0.0, rank="length", cut_threshold=0.0)
+# Settings added after some datasets were made, and the values those were
+# made with: predict applies them when a dataset_info.json lacks the key.
+PREDATING = dict(cut_threshold=0.0, steady_iou=1.0)
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -186,11 +191,14 @@ def _extend(track: Track, pos: int, det: Detections, i: int) -> None:
   track.landmarks.append(det.landmarks[i])
 
 
-def track_weight(track: Track, main_height: float, num_frames: int) -> float:
+def track_weight(
+  track: Track, main_height: float, num_frames: int, steady_iou: float = 0.5
+) -> float:
   """How much a track matters for a verdict (see the module docstring)."""
   relative = track.median_height / max(main_height, 1e-6)
   presence = len(track) / max(num_frames, 1)
-  return relative * presence * track.mean_score * track.stability
+  stability = track.stability(steady_iou)
+  return relative * presence * track.mean_score * stability
 
 
 def filter_tracks(
@@ -216,7 +224,7 @@ def filter_tracks(
     order = sorted(
       kept,
       key=lambda t: (
-        -round(track_weight(t, main, num_frames), 6),
+        -round(track_weight(t, main, num_frames, settings.steady_iou), 6),
         float(t.boxes[0][0]),
       ),
     )

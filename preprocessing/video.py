@@ -48,6 +48,12 @@ def sample_indices(frame_step: int, max_frames: int, num_frames: int):
   return list(range(0, max(num_frames, 0), frame_step))[:max_frames]
 
 
+def expected_samples(frame_count: int, frame_step: int, max_frames: int):
+  """len(sample_indices(...)) in O(1): headers can claim 2^32 frames (or
+  a negative count, read as 0)."""
+  return min(max_frames, max(0, -(-frame_count // frame_step)))
+
+
 def read_frames(
   path: str | os.PathLike,
   frame_step: int = 10,
@@ -181,8 +187,8 @@ class FrameStream:
       decoder = _decode(*self._args)
       head = next(decoder)
       geometry, _ = head
-      self.expected = len(
-        sample_indices(self._args[1], self._args[2], geometry.frame_count)
+      self.expected = expected_samples(
+        geometry.frame_count, self._args[1], self._args[2]
       )
       with self._cond:
         self._head = head

@@ -116,9 +116,10 @@ def test_moving_face_found_in_regions_with_fewer_whole_frames():
 class _ListStream:
   """A decoded list behind video.FrameStream's interface."""
 
-  def __init__(self, frames):
+  def __init__(self, frames, expected=None):
     self.frames = frames
-    self.expected = len(frames)  # what the header promised
+    # What the header promised.
+    self.expected = len(frames) if expected is None else expected
 
   def wait(self, i):
     return i < len(self.frames)
@@ -144,6 +145,46 @@ def test_streamed_keyframes_detect_as_the_list(num):
   assert len(streamed) == num and _same(streamed, listed)
   assert c_stream == c_list and w_stream == w_list
   assert _same(streamed, _Squares().detect(frames))
+
+
+@pytest.mark.parametrize("num", [2, 11, 12])
+@pytest.mark.parametrize("header", [0, -1, -3, 4])
+def test_streams_the_header_miscounts_detect_as_the_list(num, header):
+  # header: the promised count (0: unknown, else len + header): frames
+  # searched early as the last ones are searched again at the next keyframe,
+  # which finds the face that appears at frame 8 in them.
+  def squares_at(t):
+    out = [] if t == 7 else [(40 + 6 * t, 60 + 2 * t, 30)]
+    return out + ([(250, 150, 40)] if t >= 8 else [])
+
+  frames = _frames(num, squares_at)
+  expected = max(0, num + header) if header else 0
+  listed, _ = keyframes.detect_keyframes(_RegionSquares(), frames, 5, 0.5)
+  streamed, _ = keyframes.detect_keyframes(
+    _RegionSquares(), _ListStream(frames, expected), 5, 0.5
+  )
+  assert _same(streamed, listed) and _same(listed, _Squares().detect(frames))
+  # Through detect_faces too (2 frames: a keyframe and a last frame).
+  assert _same(
+    faces.detect_faces(_RegionSquares(), frames, keyframe_step=5), listed
+  )
+
+
+def test_expected_samples_without_building_the_list():
+  from preprocessing import video
+
+  for count, step, most in [
+    (300, 10, 30),
+    (291, 10, 30),
+    (95, 10, 30),
+    (0, 10, 30),
+    (7, 1, 30),
+    (1, 5, 30),
+  ]:
+    want = len(video.sample_indices(step, most, count))
+    assert video.expected_samples(count, step, most) == want
+  assert video.expected_samples(-(2**63), 10, 30) == 0
+  assert video.expected_samples(2**32, 10, 30) == 30
 
 
 def test_face_missing_from_its_region_is_searched_whole():

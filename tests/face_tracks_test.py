@@ -52,13 +52,16 @@ def test_weight_ranks_a_steady_main_face_above_a_longer_jittery_one():
   by_length = tracks.build_tracks(dets, tracks.TrackSettings(**tracks.LEGACY))
   assert by_weight[0].boxes[0].tolist() == steady
   assert by_length[0].boxes[0].tolist() != steady
-  assert by_weight[0].stability == 1.0
-  assert by_weight[1].stability == pytest.approx((1 / 3) / tracks.STEADY_IOU)
+  assert by_weight[0].stability() == 1.0
+  assert by_weight[1].stability() == pytest.approx((1 / 3) / 0.5)
+  assert by_weight[1].stability(1.0) == pytest.approx(1 / 3)
   # Moving by a tenth of its width (IoU 0.82) is steady.
   moving = tracks.link_tracks(
     [_det([[10 + 10 * t, 10, 110 + 10 * t, 130]]) for t in range(5)]
   )
-  assert moving[0].stability == 1.0
+  assert moving[0].stability() == 1.0
+  with pytest.raises(ValueError, match="steady_iou"):
+    tracks.TrackSettings(steady_iou=0.0)
   with pytest.raises(ValueError, match="track rank"):
     tracks.TrackSettings(rank="size")
 
@@ -160,6 +163,39 @@ def test_streamed_keyframes_keep_the_first_faces_size():
   # Keyframes 0, 5, 10 and (the face's regions cover most of the frame)
   # the gaps between them, in that order.
   assert whole == [None, 80.0, 80.0, 80.0, 80.0]
+
+
+def test_face_size_search_batches_faceless_frames():
+  class _None(_Recorder):
+    def detect(self, frames, *, min_face_size=None):
+      self.calls.append((len(frames), min_face_size))
+      return [_det([]) for _ in frames]
+
+  rec = _None()
+  search = faces.FaceSizeSearch(rec, 0.4)
+  assert len(search([np.zeros((8, 8, 3), np.uint8)] * 40)) == 40
+  assert rec.calls == [(1, None), (39, None)] and search.min_face is None
+
+
+def test_predict_reads_the_track_rule_its_data_was_made_with():
+  from asrid_jax import predict_inputs
+
+  # Data made before cut detection and the steady IoU: made without them.
+  old = {"settings": {"tracks": {"min_relative_size": 0.5, "rank": "weight"}}}
+  settings, _ = predict_inputs.face_settings_from_info(old)
+  assert settings.tracks.cut_threshold == 0.0
+  assert settings.tracks.steady_iou == 1.0
+  # Newer data: what it recorded; no data: today's defaults; flags win.
+  new = {"settings": {"tracks": {"cut_threshold": 0.4, "steady_iou": 0.6}}}
+  settings, _ = predict_inputs.face_settings_from_info(new)
+  assert (settings.tracks.cut_threshold, settings.tracks.steady_iou) == (
+    0.4,
+    0.6,
+  )
+  settings, _ = predict_inputs.face_settings_from_info(None)
+  assert settings.tracks == tracks.TrackSettings()
+  settings, _ = predict_inputs.face_settings_from_info(old, cut_threshold=0.3)
+  assert settings.tracks.cut_threshold == 0.3
 
 
 def test_rule_is_recorded_and_legacy_flag_sets_the_old_values():
