@@ -14,9 +14,12 @@ convolutions on a smaller input); RNet and ONet then refine them on the
 whole frames as usual. Cost follows the regions' area, not the frame's.
 
 The levels come from the frames' summed-area table (`area_resize`), bit for
-bit the values of torch's area interpolation on the frames' integer pixels,
-in about half its time: whole-frame searches on CPU build their pyramid this
-way too (a third of a 1080p search was `imresample`), with the same boxes.
+bit the values of torch's CPU area interpolation on the frames' integer
+pixels (sum / height / width), in about half its time: whole-frame searches
+on CPU build their pyramid this way too (a third of a 1080p search was
+`imresample`), with the same boxes. On a GPU whole frames keep torch's own
+levels, whose CUDA kernel multiplies by 1 / (height * width): region levels
+may differ from them by an ulp, which moves boxes by float rounding only.
 
 This works through two hooks into facenet-pytorch 2.5 internals, active only
 during one call: `detect_face`'s `imresample` (its first calls, one per
