@@ -285,9 +285,8 @@ def test_area_resize_is_torch_area_interpolation_bit_for_bit():
     ), out
 
 
-def test_mtcnn_whole_frames_match_the_library_exactly(tmp_path, monkeypatch):
-  import contextlib
-
+def _sample_frames(tmp_path):
+  """Every 2nd frame of a synthetic 8-frame clip with one face."""
   from preprocessing import make_sample, video
 
   part = make_sample.make_sample(
@@ -296,7 +295,13 @@ def test_mtcnn_whole_frames_match_the_library_exactly(tmp_path, monkeypatch):
     progress=False,
   )
   (path,) = sorted(part.glob("*.mp4"))
-  frames = video.read_frames(path, frame_step=2).frames
+  return video.read_frames(path, frame_step=2).frames
+
+
+def test_mtcnn_whole_frames_match_the_library_exactly(tmp_path, monkeypatch):
+  import contextlib
+
+  frames = _sample_frames(tmp_path)
   detector = detect.MTCNNDetector()
   ours = detector.detect(frames)
   # facenet-pytorch building its own pyramid with imresample.
@@ -312,15 +317,7 @@ def test_mtcnn_whole_frames_match_the_library_exactly(tmp_path, monkeypatch):
 
 
 def test_mtcnn_regions_give_the_whole_frame_boxes(tmp_path):
-  from preprocessing import make_sample, video
-
-  part = make_sample.make_sample(
-    tmp_path,
-    make_sample.SampleSettings(num_originals=1, fakes_per_original=0, frames=8),
-    progress=False,
-  )
-  (path,) = sorted(part.glob("*.mp4"))
-  frames = video.read_frames(path, frame_step=2).frames
+  frames = _sample_frames(tmp_path)
   detector = detect.MTCNNDetector()
   whole = detector.detect(frames)
   box = whole[0].boxes[0]
