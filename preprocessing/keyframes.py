@@ -207,6 +207,9 @@ def detect_keyframes(
   out: dict[int, Detections] = {}
   counts = {"whole_frames": 0, "region_calls": 0, "redetected": 0}
 
+  def gap(a: int, mids: list[int], closing: Detections) -> None:
+    _fill_gap(detector, frames, a, mids, closing, margin, whole, out, counts)
+
   def keyframe(k: int, previous: int | None) -> None:
     out[k] = whole([frames[k]])[0]
     counts["whole_frames"] += 1
@@ -214,23 +217,10 @@ def detect_keyframes(
       # All of them: frames searched early as trailing ones (the header
       # promised fewer frames) are searched again with this keyframe's
       # faces, as the list path does.
-      mids = list(range(previous + 1, k))
-      _fill_gap(
-        detector, frames, previous, mids, out[k], margin, whole, out, counts
-      )
+      gap(previous, list(range(previous + 1, k)), out[k])
 
   def trailing(m: int, previous: int) -> None:
-    _fill_gap(
-      detector,
-      frames,
-      previous,
-      [m],
-      Detections.empty(),
-      margin,
-      whole,
-      out,
-      counts,
-    )
+    gap(previous, [m], Detections.empty())
 
   if hasattr(frames, "wait"):  # a stream: frames one by one, as decoded
     i, previous = 0, None
@@ -252,17 +242,7 @@ def detect_keyframes(
     out[k] = det
   counts["whole_frames"] = len(keys)
   for a, b in zip(keys[:-1], keys[1:], strict=True):
-    _fill_gap(
-      detector,
-      frames,
-      a,
-      list(range(a + 1, b)),
-      out[b],
-      margin,
-      whole,
-      out,
-      counts,
-    )
+    gap(a, list(range(a + 1, b)), out[b])
   for m in range(keys[-1] + 1 if keys else 0, len(frames)):
     trailing(m, keys[-1])
   return [out[j] for j in range(len(frames))], counts
