@@ -2,6 +2,7 @@
 
   python -m bench.train_bench [--sizes 380,128] [--steps 5] [--scaling]
       [--dtypes float32,bfloat16] [--clips 24 --clip_len 8] [--out FILE]
+      [--cpu_devices N]
 
 Rows: variant (dyn_mix, sta_new) x image size x compute dtype; training
 frames/s of
@@ -12,7 +13,11 @@ frames/s of
     heads), AdamW step, same batch, on CUDA when available (else torch's
     intra-op threads = all cores); bfloat16 = torch.autocast(bfloat16),
     the same mixed precision;
-and the ratio JAX/PyTorch. A step is --clips clips x --clip_len frames
+and the ratio JAX/PyTorch; on a CPU also `JAX xN`: the same step with the
+batch split over N XLA CPU devices (`--cpu_devices N`, -1 one per core;
+XLA:CPU runs most fusions on one thread each, and the devices run side by
+side), in a subprocess. A step is --clips clips x
+--clip_len frames
 (default 2 x 4 = 8 frames for CPU; the paper's batch is 24 x 8 = 192 frames
 at 380 px, what bench/gpu_check.sh runs). `--scaling` adds dyn_mix at the
 small size over 1, 2, 4, 8 XLA CPU devices (one subprocess each; a fixed
@@ -151,14 +156,16 @@ def torch_rate(
   }
 
 
-def _scaling_child(devices: int, size: int, steps: int) -> dict:
+def _jax_child(devices: int, variant: str, size: int, steps: int, **kw) -> dict:
+  """jax_rate in a fresh process with `devices` XLA CPU devices."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   code = (
     "import json, jax;"
     f"jax.config.update('jax_num_cpu_devices', {devices});"
     "from bench import train_bench as b;"
-    f"print('RESULT', json.dumps(b.jax_rate('dyn_mix', {size}, {steps}, 8)))"
+    f"print('RESULT', json.dumps(b.jax_rate({variant!r}, {size}, {steps}, "
+    f"**{kw!r})))"
   )
   out = subprocess.run(
     [sys.executable, "-c", code],
@@ -171,6 +178,10 @@ def _scaling_child(devices: int, size: int, steps: int) -> dict:
   )
   line = [x for x in out.stdout.splitlines() if x.startswith("RESULT")][-1]
   return json.loads(line[len("RESULT ") :])
+
+
+def _scaling_child(devices: int, size: int, steps: int) -> dict:
+  return _jax_child(devices, "dyn_mix", size, steps, batch=8)
 
 
 def _write(path: pathlib.Path, result: dict) -> None:
@@ -189,10 +200,29 @@ def main(argv=None) -> dict:
   parser.add_argument("--scaling", action="store_true")
   parser.add_argument("--scaling_size", type=int, default=64)
   parser.add_argument("--no_torch", action="store_true")
+  parser.add_argument(
+    "--cpu_devices",
+    type=int,
+    default=0,
+    help="on CPU, also time JAX with the batch split over this many XLA "
+    "CPU devices (-1: one per core; 0: off)",
+  )
   parser.add_argument("--out", default=str(RESULTS))
   args = parser.parse_args(argv)
   shape = dict(batch=args.clips, clip_len=args.clip_len)
   out = pathlib.Path(args.out)
+  import jax
+
+  if jax.default_backend() != "cpu":
+    args.cpu_devices = 0
+  elif args.cpu_devices < 0:
+    args.cpu_devices = os.cpu_count() or 1
+  if args.cpu_devices > 1 and args.clips % args.cpu_devices:
+    print(
+      f"--cpu_devices {args.cpu_devices}: {args.clips} clips do not split "
+      "evenly over them; not timed"
+    )
+    args.cpu_devices = 0
   rows = []
   for variant in args.variants.split(","):
     for size in (int(s) for s in args.sizes.split(",")):
@@ -205,6 +235,15 @@ def main(argv=None) -> dict:
           "T": args.clip_len,
         }
         row["jax"] = jax_rate(variant, size, args.steps, dtype=dtype, **shape)
+        if args.cpu_devices > 1:
+          # One XLA CPU device per core: XLA:CPU runs most fusions on one
+          # thread each, devices run side by side.
+          row["jax_devices"] = {
+            "devices": args.cpu_devices,
+            **_jax_child(
+              args.cpu_devices, variant, size, args.steps, dtype=dtype, **shape
+            ),
+          }
         if not args.no_torch:
           row["torch"] = torch_rate(
             variant, size, args.steps, dtype=dtype, **shape
@@ -212,6 +251,10 @@ def main(argv=None) -> dict:
           row["ratio"] = (
             row["jax"]["frames_per_s"] / row["torch"]["frames_per_s"]
           )
+          if "jax_devices" in row:
+            row["ratio_devices"] = (
+              row["jax_devices"]["frames_per_s"] / row["torch"]["frames_per_s"]
+            )
         rows.append(row)
         print(json.dumps(row), flush=True)
         # Rewritten after every row: a run cut short keeps what it finished.
@@ -227,9 +270,11 @@ def main(argv=None) -> dict:
     f"{os.cpu_count()} cores), batch {args.clips} clips x {args.clip_len} "
     "frames"
   )
+  devices_label = f"JAX x{args.cpu_devices}"
   print(
     f"{'variant':<9}{'size':>6} {'dtype':<9}{'JAX':>10}{'PyTorch':>10}"
     f"{'JAX/PT':>8}{'compile s':>11}{'JAX peak GiB':>14}"
+    + (f"{devices_label:>10}{'/PT':>7}" if args.cpu_devices > 1 else "")
   )
   for r in rows:
     pt = r.get("torch", {}).get("frames_per_s", float("nan"))
@@ -240,6 +285,17 @@ def main(argv=None) -> dict:
       f"{r['jax']['frames_per_s']:>10.1f}{pt:>10.1f}"
       f"{r.get('ratio', float('nan')):>8.2f}"
       f"{r['jax']['compile_s']:>11.1f}{peak_s}"
+      + (
+        f"{r['jax_devices']['frames_per_s']:>10.1f}"
+        f"{r.get('ratio_devices', float('nan')):>7.2f}"
+        if "jax_devices" in r
+        else ""
+      )
+    )
+  if args.cpu_devices > 1:
+    print(
+      f"JAX x{args.cpu_devices}: the batch split over {args.cpu_devices} "
+      "XLA CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count)"
     )
   if scaling:
     print(f"\nScaling, dyn_mix {args.scaling_size}px, global batch 8 clips")
