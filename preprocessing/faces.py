@@ -82,8 +82,7 @@ def detect_faces(
   """
   whole = FaceSizeSearch(detector, relative_size)
 
-  streaming = hasattr(frames, "wait")  # a video.FrameStream
-  if keyframe_step <= 1 or (not streaming and len(frames) < 2):
+  if keyframe_step <= 1:
     found = whole(frames)
     stats = {"whole_frames": len(frames), "region_calls": 0, "redetected": 0}
   else:

@@ -31,6 +31,9 @@ import numpy as np
 from preprocessing import shots
 from preprocessing.detect import Detections
 
+# Consecutive boxes overlapping this much count as steady (TrackSettings).
+STEADY_IOU = 0.5
+
 
 @dataclasses.dataclass
 class Track:
@@ -53,7 +56,7 @@ class Track:
     b = np.stack(self.boxes)
     return float(np.median(b[:, 3] - b[:, 1]))
 
-  def stability(self, steady_iou: float = 0.5) -> float:
+  def stability(self, steady_iou: float = STEADY_IOU) -> float:
     """Median of min(1, IoU / steady_iou) of consecutive boxes; 1.0 for a
     one-box track (steady_iou 1: the plain median IoU)."""
     if len(self.boxes) < 2:
@@ -101,7 +104,7 @@ class TrackSettings:
   min_relative_size: float = 0.5
   rank: str = "weight"
   cut_threshold: float = shots.DEFAULT_THRESHOLD
-  steady_iou: float = 0.5
+  steady_iou: float = STEADY_IOU
 
   def __post_init__(self):
     if self.rank not in RANKS:
@@ -192,7 +195,10 @@ def _extend(track: Track, pos: int, det: Detections, i: int) -> None:
 
 
 def track_weight(
-  track: Track, main_height: float, num_frames: int, steady_iou: float = 0.5
+  track: Track,
+  main_height: float,
+  num_frames: int,
+  steady_iou: float = STEADY_IOU,
 ) -> float:
   """How much a track matters for a verdict (see the module docstring)."""
   relative = track.median_height / max(main_height, 1e-6)

@@ -45,13 +45,15 @@ def sample_indices(frame_step: int, max_frames: int, num_frames: int):
     raise ValueError(
       f"frame_step and max_frames must be >= 1, got {frame_step}, {max_frames}"
     )
-  return list(range(0, max(num_frames, 0), frame_step))[:max_frames]
+  # The range is cut before it becomes a list: headers can claim 2^32
+  # frames.
+  return list(range(0, max(num_frames, 0), frame_step)[:max_frames])
 
 
 def expected_samples(frame_count: int, frame_step: int, max_frames: int):
-  """len(sample_indices(...)) in O(1): headers can claim 2^32 frames (or
-  a negative count, read as 0)."""
-  return min(max_frames, max(0, -(-frame_count // frame_step)))
+  """How many frames sample_indices gives for a header's frame count (a
+  negative count reads as 0)."""
+  return len(sample_indices(frame_step, max_frames, frame_count))
 
 
 def read_frames(
