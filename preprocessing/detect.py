@@ -8,7 +8,7 @@ the detection scale.
 
 import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import cv2
@@ -165,6 +165,7 @@ class MTCNNDetector:
       device=torch.device(device),
     )
     self._mtcnn.eval()
+    self._threads: Callable[[], int] | None = None  # see sharing_cpu
     # RNet and ONet spend a third of their time in torch's 3x3 max pooling
     # on CPU; the separable version returns the same values (a max is
     # exact) in a fifth of the time, so boxes do not change.
@@ -172,6 +173,31 @@ class MTCNNDetector:
       for name, module in list(net.named_children()):
         if _is_pool_3x3_s2(module):
           setattr(net, name, separable_max_pool_3x3_module())
+
+  @contextlib.contextmanager
+  def sharing_cpu(self, busy: Callable[[], bool]):
+    """While active, detection on CPU leaves a core to a concurrent job.
+
+    Each `detect` call runs torch with one thread fewer than it was given
+    (torch.get_num_threads() on entry; at least 1) while `busy()` is true,
+    and with all of them once it is false; on exit the count is restored.
+    Face extraction decodes in a background thread (video.FrameStream):
+    with torch's threads on every core as well, the two contend and a
+    1080p clip takes ~40% longer than with one thread left to the decoder;
+    once decoding ends, the detection left gets the decoder's core back.
+    """
+    if self.device != "cpu":
+      yield
+      return
+    import torch
+
+    threads = torch.get_num_threads()
+    self._threads = lambda: max(1, threads - 1) if busy() else threads
+    try:
+      yield
+    finally:
+      self._threads = None
+      torch.set_num_threads(threads)
 
   def detect(
     self,
@@ -199,6 +225,10 @@ class MTCNNDetector:
     if min_face_size is not None and min_face_size > self.min_face_size:
       detect_min = max(detect_min, round(min_face_size * self.downscale))
     downscale = self.downscale
+    if self._threads is not None:
+      import torch
+
+      torch.set_num_threads(self._threads())
     results = []
     for start in range(0, len(frames), self.batch_size):
       chunk = frames[start : start + self.batch_size]

@@ -5,6 +5,7 @@ writes the crops to shards) and by prediction on raw videos (which feeds them
 to the model directly). Nothing here writes files.
 """
 
+import contextlib
 import dataclasses
 import inspect
 import os
@@ -312,15 +313,21 @@ def _decode_and_detect(path, detector, settings, timings):
     path, settings.frame_step, settings.max_frames, settings.min_frames
   )
   counts: dict[str, int] = {}
+  # A CPU detector leaves a core to the decoder while it decodes.
+  share = getattr(detector, "sharing_cpu", None)
+  sharing = (
+    share(lambda: stream.decoding) if share else contextlib.nullcontext()
+  )
   try:
-    detections = detect_faces(
-      detector,
-      stream,
-      settings.detect_relative_size,
-      settings.keyframe_step,
-      settings.region_margin,
-      counts=counts,
-    )
+    with sharing:
+      detections = detect_faces(
+        detector,
+        stream,
+        settings.detect_relative_size,
+        settings.keyframe_step,
+        settings.region_margin,
+        counts=counts,
+      )
   finally:
     try:
       frames = stream.result()

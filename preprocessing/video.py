@@ -207,6 +207,11 @@ class FrameStream:
         self._done = True
         self._cond.notify_all()
 
+  @property
+  def decoding(self) -> bool:
+    """Whether the background thread is still decoding."""
+    return not self._done
+
   def wait(self, i: int) -> bool:
     """Blocks until frame i is decoded (True) or the stream ended (False)."""
     start = time.perf_counter()

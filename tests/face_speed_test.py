@@ -6,6 +6,8 @@ the MTCNN tests compare the keyframe mode with the legacy pass on the
 synthetic sample and, when $ASRID_REAL_SAMPLES is set, on a real 1080p clip.
 """
 
+import contextlib
+
 import cv2
 import numpy as np
 import pytest
@@ -431,3 +433,57 @@ def test_keyframe_mode_matches_legacy_on_a_real_1080p_clip(real_samples):
   assert len(fast.tracks) == len(old.tracks) == 1
   # Keyframes 0, 5, 10 whole; the other 8 frames only in regions.
   assert whole == fast.detect_counts["whole_frames"] <= 5
+
+
+def test_mtcnn_leaves_a_core_to_the_decoder_while_it_decodes(monkeypatch):
+  torch = pytest.importorskip("torch")
+  detector = detect.MTCNNDetector()
+  seen = []
+
+  def fake_detect(frames, landmarks):
+    seen.append(torch.get_num_threads())
+    return [None] * len(frames), [None] * len(frames), [None] * len(frames)
+
+  monkeypatch.setattr(detector._mtcnn, "detect", fake_detect)
+  frame = np.zeros((48, 64, 3), np.uint8)
+  given = torch.get_num_threads()
+  try:
+    for threads, want in ((3, [2, 3]), (1, [1, 1])):
+      torch.set_num_threads(threads)
+      busy, seen[:] = [True], []
+      with detector.sharing_cpu(lambda b=busy: b[0]):
+        detector.detect([frame])  # decoding: one thread fewer
+        busy[0] = False
+        detector.detect([frame])  # decoding done: all of them
+      assert seen == want and torch.get_num_threads() == threads
+      detector.detect([frame])  # outside: untouched
+      assert seen[-1] == threads
+  finally:
+    torch.set_num_threads(given)
+
+
+def test_face_extraction_shares_the_cpu_while_decoding(tmp_path):
+  from preprocessing import make_sample
+
+  part = make_sample.make_sample(
+    tmp_path,
+    make_sample.SampleSettings(num_originals=1, fakes_per_original=0),
+    progress=False,
+  )
+  (path,) = sorted(part.glob("*.mp4"))[:1]
+
+  class Sharing(_RegionSquares):
+    entered = []
+
+    @contextlib.contextmanager
+    def sharing_cpu(self, busy):
+      self.entered.append(busy)
+      yield
+
+  detector = Sharing()
+  faces.extract_video_faces(path, detector, faces.FaceSettings())
+  assert len(detector.entered) == 1
+  assert detector.entered[0]() is False  # the stream has ended
+  # Without keyframes (frames decoded first) nothing runs beside detection.
+  faces.extract_video_faces(path, detector, faces.legacy_settings(min_frames=1))
+  assert len(detector.entered) == 1

@@ -300,7 +300,7 @@ def test_frame_stream_gives_read_frames_and_its_errors(tmp_path):
   assert got.geometry == want.geometry and got.fps == want.fps
   for a, b, c in zip(seen, got.frames, want.frames, strict=True):
     assert np.array_equal(a, b) and np.array_equal(b, c)
-  assert stream.busy > 0 and stream.waited >= 0
+  assert stream.busy > 0 and stream.waited >= 0 and not stream.decoding
   # The same errors as read_frames, raised by result(); wait() says done.
   for path, args, message in (
     (clip, (5, 30, 6), r"too short: 5 sampled frame\(s\) \(every 5th of 25"),
