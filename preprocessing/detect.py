@@ -183,7 +183,7 @@ class MTCNNDetector:
     and with all of them once it is false; on exit the count is restored.
     Face extraction decodes in a background thread (video.FrameStream):
     with torch's threads on every core as well, the two contend and a
-    1080p clip takes ~40% longer than with one thread left to the decoder;
+    1080p clip takes 1.5x as long as with one thread left to the decoder;
     once decoding ends, the detection left gets the decoder's core back.
     """
     if self.device != "cpu":
