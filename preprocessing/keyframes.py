@@ -16,7 +16,9 @@ the whole-frame pass gives it; any other detector gets the regions cut out
 (on a grid aligned with a 1/2 or 1/4 downscale), which moves boxes by a few
 pixels. A region that comes back empty on a frame (the face moved out of
 it, or left) has that frame searched in a wider region, or whole; after
-MAX_MISSES such frames in a row the face counts as gone for the gap. Faces
+MAX_MISSES such frames in a row the face counts as gone for the gap (and
+for the frames after the last keyframe, though they are searched one at a
+time). Faces
 that appear and vanish between two keyframes, or appear after the last one,
 are missed; with `step` (5) at most the track filter's minimum length (a
 fifth of the sampled frames: 6 of 30) such a face would not form a kept
@@ -207,8 +209,15 @@ def detect_keyframes(
   out: dict[int, Detections] = {}
   counts = {"whole_frames": 0, "region_calls": 0, "redetected": 0}
 
-  def gap(a: int, mids: list[int], closing: Detections) -> None:
-    _fill_gap(detector, frames, a, mids, closing, margin, whole, out, counts)
+  def gap(a, mids, closing, misses=None) -> None:
+    _fill_gap(
+      detector, frames, a, mids, closing, margin, whole, out, counts, misses
+    )
+
+  # The frames after a keyframe are searched one at a time: its regions'
+  # misses carry from one to the next, so a face that left stops costing
+  # wider searches as in a gap.
+  trailing_misses: dict[int, dict] = {}
 
   def keyframe(k: int, previous: int | None) -> None:
     out[k] = whole([frames[k]])[0]
@@ -220,7 +229,8 @@ def detect_keyframes(
       gap(previous, list(range(previous + 1, k)), out[k])
 
   def trailing(m: int, previous: int) -> None:
-    gap(previous, [m], Detections.empty())
+    misses = trailing_misses.setdefault(previous, {})
+    gap(previous, [m], Detections.empty(), misses)
 
   if hasattr(frames, "wait"):  # a stream: frames one by one, as decoded
     i, previous = 0, None
@@ -249,11 +259,13 @@ def detect_keyframes(
 
 
 def _fill_gap(
-  detector, frames, a, mids, closing, margin, whole, out, counts
+  detector, frames, a, mids, closing, margin, whole, out, counts, misses=None
 ) -> None:
   """Detections of frames `mids`, between keyframe a and `closing`.
 
   closing: the faces on the keyframe after mids (empty after the last one).
+  misses: region -> frames missed in a row before mids (updated); None:
+    none.
   """
   if not mids:
     return
@@ -281,15 +293,18 @@ def _fill_gap(
   # frames in a row it has left (or was a false box): stop expecting it
   # for the rest of the gap.
   searched: dict[int, Detections] = {}
+  carried = {} if misses is None else misses
   for r, region in enumerate(regions):
-    misses = 0
+    missed = carried.get(region, 0)
     wide = _wider(region, 1.0, (height, width))
     narrow = (wide[2] - wide[0]) * (wide[3] - wide[1]) <= (
       MAX_REGION_FRACTION * height * width
     )
     for i, m in enumerate(mids):
+      if missed >= MAX_MISSES:
+        break
       if len(found[r][i]):
-        misses = 0
+        missed = 0
         continue
       if m in searched:
         again = searched[m]
@@ -303,9 +318,8 @@ def _fill_gap(
         out[m] = again
         counts["whole_frames"] += 1
         counts["redetected"] += 1
-      misses = 0 if _inside(again, wide) else misses + 1
-      if misses >= MAX_MISSES:
-        break
+      missed = 0 if _inside(again, wide) else missed + 1
+    carried[region] = missed
 
 
 def _wider(region, grow: float, shape: tuple[int, int]):

@@ -232,6 +232,24 @@ def test_a_face_that_leaves_stops_the_whole_searches():
   assert counts["redetected"] == keyframes.MAX_MISSES == 2
 
 
+@pytest.mark.parametrize("detector", [_Squares, _RegionSquares])
+def test_a_face_that_leaves_after_the_last_keyframe_stops_the_searches(
+  detector,
+):
+  # Keyframes 0 and 5; frames 6-10 come after the last one and are searched
+  # one at a time; the face leaves at frame 6. Only frames 6 and 7 get a
+  # wider (or whole) search, as in a gap: the misses carry from frame to
+  # frame. Listed and streamed alike.
+  frames = _frames(10, lambda t: [(40, 60, 30)] if t <= 5 else [])
+  for given in (frames, _ListStream(frames)):
+    counts = {}
+    found = faces.detect_faces(
+      detector(), given, keyframe_step=5, counts=counts
+    )
+    assert [len(d) for d in found] == [1] * 6 + [0] * 4
+    assert counts["redetected"] == keyframes.MAX_MISSES == 2
+
+
 def test_regions_link_merge_and_snap_to_the_grid():
   def det(*boxes):
     return _Squares().detect(_frames(1, lambda t: boxes))[0]
