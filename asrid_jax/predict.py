@@ -326,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     "others around its faces (1: every frame whole, as before issue 13)",
   )
   a(
+    "--decoder",
+    choices=("auto", "opencv"),
+    default=None,
+    help="auto (default): PyAV, dropping the unsampled frames nothing "
+    "refers to; opencv: decode every frame (the same frames)",
+  )
+  a(
     "--ema",
     action=argparse.BooleanOptionalAction,
     default=None,
@@ -389,6 +396,7 @@ def run(args: argparse.Namespace) -> tuple[list[VideoPrediction], dict]:
     max_frames=args.max_frames,
     min_frames=args.min_frames,
     keyframe_step=args.keyframe_step,
+    decoder=getattr(args, "decoder", None),
     device=args.device,
   )
   from preprocessing import faces as faces_lib

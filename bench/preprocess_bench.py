@@ -29,9 +29,11 @@ the legacy one on the same frames:
 - crops moved: matched faces whose square crop window moves by more than
   `--shift_px` pixels of the output crop (image_size) side.
 
-Decoding: per real video, sequential grab/retrieve (what read_frames does)
-vs seeking to each of the first `--seek_frames` sampled frames, in seconds
-per sampled frame.
+Decoding: per real video, CPU seconds per sampled frame of the two
+sequential decoders (`read_frames`' "opencv": grab every frame, retrieve the
+sampled ones; "auto": PyAV dropping the unsampled frames nothing refers to),
+the frames each decoded, and seeking to each of the first `--seek_frames`
+sampled frames.
 
 Prints tables and writes bench/results/preprocess_bench.json.
 """
@@ -127,16 +129,24 @@ def _one(path, detector, settings) -> tuple[faces_lib.VideoFaces, dict]:
 
 
 def decode_costs(path: str, frame_step: int, max_frames: int, seeks: int):
-  """CPU s per sampled frame: sequential grab/retrieve vs seek + read;
-  and the wall seconds of decoding alone (read_frames), the floor of
-  decode + detect."""
-  cpu, wall = time.process_time(), time.perf_counter()
-  frames = video_lib.read_frames(path, frame_step, max_frames)
-  wall = time.perf_counter() - wall
-  grab = (time.process_time() - cpu) / len(frames.frame_indices)
+  """CPU s per sampled frame: the "opencv" decoder (grab/retrieve), the
+  "auto" one (PyAV, dropping frames) and seek + read; the frames each
+  decoded; and the wall seconds of decoding alone with the default decoder,
+  the floor of decode + detect."""
+  costs = {}
+  for decoder, key in (("opencv", "grab"), ("auto", "skip")):
+    stats = {}
+    cpu, wall = time.process_time(), time.perf_counter()
+    frames_in = video_lib._decode(path, frame_step, max_frames, stats, decoder)
+    next(frames_in)
+    indices = [index for index, _ in frames_in]
+    costs[f"{key}_wall"] = time.perf_counter() - wall
+    costs[key] = (time.process_time() - cpu) / len(indices)
+    costs[f"{key}_frames"] = (stats["frames_decoded"], stats["decoded"])
+    costs[f"{key}_decoder"] = stats["decoder"]
   cap = cv2.VideoCapture(path)
   cpu = time.process_time()
-  chosen = frames.frame_indices[:seeks]
+  chosen = indices[:seeks]
   try:
     for index in chosen:
       cap.set(cv2.CAP_PROP_POS_FRAMES, index)
@@ -144,9 +154,9 @@ def decode_costs(path: str, frame_step: int, max_frames: int, seeks: int):
   finally:
     cap.release()
   return {
-    "grab": grab,
+    **costs,
     "seek": (time.process_time() - cpu) / len(chosen),
-    "decode_wall": wall,
+    "decode_wall": costs["skip_wall"],
   }
 
 
@@ -330,31 +340,51 @@ def main(argv=None) -> int:
       f"detect {mean['detect']:.2f} s = {mean['decode'] + mean['detect']:.2f}"
       f" s a video (wall), {mean['cpu']:.2f} CPU s"
     )
-  alone = [r["decode_costs"]["decode_wall"] for r in hd if r["decode_costs"]]
-  if alone:
+  costs = [r["decode_costs"] for r in hd if r["decode_costs"]]
+  for key, name in (("grab", "opencv"), ("skip", "auto")) if costs else ():
     print(
-      f"1080p clips: decoding alone (read_frames, no detection) "
-      f"{np.mean(alone):.2f} s a video (wall), the floor of decode + detect"
+      f"1080p clips: decoding alone (no detection), decoder {name}: "
+      f"{np.mean([c[key + '_wall'] for c in costs]):.2f} s a video (wall), "
+      f"{np.mean([c[key] for c in costs]) * args.max_frames:.2f} CPU s"
     )
   seeks = [r for r in ok if r.get("decode_costs")]
   if seeks:
     print(
       f"decoding, CPU s per sampled frame (every {args.frame_step}th): "
-      f"grab/retrieve vs seek (first {args.seek_frames} sampled frames)"
+      "the opencv decoder (grab/retrieve, every frame decoded), auto (PyAV "
+      "or opencv, dropping the unsampled frames nothing refers to), "
+      f"frames decoded / read by each, and seek (first {args.seek_frames} "
+      "sampled frames)"
     )
+
+    def row(r):
+      c = r["decode_costs"]
+      return (
+        r["video"][:28],
+        r["size"],
+        f"{c['grab']:.4f}",
+        f"{c['skip']:.4f} ({c['skip_decoder']})",
+        f"{c['grab'] / c['skip']:.2f}",
+        "{}/{}".format(*c["grab_frames"]),
+        "{}/{}".format(*c["skip_frames"]),
+        f"{c['seek']:.4f}",
+        f"{c['seek'] / c['grab']:.1f}",
+      )
+
     print(
       reporting.format_table(
-        ("video", "size", "grab", "seek", "seek/grab"),
-        [
-          (
-            r["video"][:28],
-            r["size"],
-            f"{r['decode_costs']['grab']:.4f}",
-            f"{r['decode_costs']['seek']:.4f}",
-            f"{r['decode_costs']['seek'] / r['decode_costs']['grab']:.1f}",
-          )
-          for r in seeks
-        ],
+        (
+          "video",
+          "size",
+          "opencv",
+          "auto",
+          "opencv/auto",
+          "decoded opencv",
+          "decoded auto",
+          "seek",
+          "seek/opencv",
+        ),
+        [row(r) for r in seeks],
       )
     )
   for r in rows:

@@ -38,6 +38,10 @@ class FaceSettings:
       down to this fraction of its largest face, on frames shrunk to match
       (`FaceSizeSearch`); 0 detects every frame at the detector's settings.
     tracks: linking and filtering of face tracks.
+    decoder: "auto" (PyAV, dropping the unsampled frames nothing refers
+      to, where the stream allows it) or "opencv" (every frame decoded);
+      the sampled frames are the same either way (preprocessing/video.py),
+      so it is not among the settings a resume must repeat.
   """
 
   frame_step: int = 10
@@ -49,6 +53,7 @@ class FaceSettings:
   keyframe_step: int = 5
   region_margin: float = 0.5
   tracks: tracks_lib.TrackSettings = tracks_lib.TrackSettings()
+  decoder: str = "auto"
 
   def as_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -60,7 +65,12 @@ def legacy_settings(**overrides) -> FaceSettings:
     overrides.pop("tracks", tracks_lib.TrackSettings()), **tracks_lib.LEGACY
   )
   return FaceSettings(
-    **{**overrides, "detect_relative_size": 0.0, "keyframe_step": 1},
+    **{
+      **overrides,
+      "detect_relative_size": 0.0,
+      "keyframe_step": 1,
+      "decoder": "opencv",
+    },
     tracks=tracks,
   )
 
@@ -246,7 +256,11 @@ def extract_video_faces(
       )
     else:
       frames = video_lib.read_frames(
-        path, settings.frame_step, settings.max_frames, settings.min_frames
+        path,
+        settings.frame_step,
+        settings.max_frames,
+        settings.min_frames,
+        settings.decoder,
       )
       timings["decode"] = time.perf_counter() - t0
   except video_lib.VideoError as e:
@@ -310,7 +324,11 @@ def _decode_and_detect(path, detector, settings, timings):
   """
   t0 = time.perf_counter()
   stream = video_lib.FrameStream(
-    path, settings.frame_step, settings.max_frames, settings.min_frames
+    path,
+    settings.frame_step,
+    settings.max_frames,
+    settings.min_frames,
+    settings.decoder,
   )
   counts: dict[str, int] = {}
   # A CPU detector leaves a core to the decoder while it decodes.

@@ -346,6 +346,13 @@ def test_overwrite_settings_and_given_splits(tree, tmp_path):
   out = tmp_path / "out"
   detector = MTCNNDetector()
   extract_faces.run(_args(csv, out), detector=detector)
+  # The decoder gives the same frames: not a setting a resume must repeat.
+  again = extract_faces.run(
+    _args(csv, out, "--decoder", "opencv"), detector=detector
+  )
+  assert again.processed == 0 and again.already_done == 3
+  info = json.loads((out / "dataset_info.json").read_text())
+  assert "decoder" not in info["settings"]
   with pytest.raises(output.SettingsMismatchError, match="splits_from"):
     extract_faces.run(
       _args(csv, out, "--splits_from", "input"), detector=detector

@@ -196,6 +196,10 @@ def test_predict_reads_the_track_rule_its_data_was_made_with():
   assert settings.tracks == tracks.TrackSettings()
   settings, _ = predict_inputs.face_settings_from_info(old, cut_threshold=0.3)
   assert settings.tracks.cut_threshold == 0.3
+  # The decoder is predict's own choice (`--decoder`), not the data's.
+  assert settings.decoder == "auto"
+  settings, _ = predict_inputs.face_settings_from_info(new, decoder="opencv")
+  assert settings.decoder == "opencv"
 
 
 def test_rule_is_recorded_and_legacy_flag_sets_the_old_values():
