@@ -2,9 +2,9 @@
 
   python -m bench.predict_bench [--config dyn_mix] [--max_videos N]
 
-Runs `asrid_jax.predict`'s per-video path (the preprocessing code: OpenCV
-decode of every 10th frame up to 30, MTCNN at half resolution, IoU tracks,
-1/3-margin crops; then JPEG round trip, clips of the config's length and the
+Runs `asrid_jax.predict`'s per-video path (the preprocessing code: decode
+of every 10th frame up to 30 with `--decoder` (preprocessing/video.py),
+MTCNN at half resolution, IoU tracks, 1/3-margin crops; then JPEG round trip, clips of the config's length and the
 model) over the real sample videos when $ASRID_REAL_SAMPLES is set, else over
 the built-in sample. The model is the full-size paper config with random
 weights (speed does not depend on the weights). The reference is the DFDC
@@ -71,6 +71,9 @@ def main() -> None:
   p.add_argument("--config", default="dyn_mix", help="configs/<name>.py")
   p.add_argument("--max_videos", type=int, default=0, help="0 = all")
   p.add_argument("--device", default="cpu", help="MTCNN device")
+  p.add_argument(
+    "--decoder", default="auto", choices=("auto", "opencv"), help="video.py"
+  )
   args = p.parse_args()
 
   import importlib
@@ -81,7 +84,7 @@ def main() -> None:
     videos = videos[: args.max_videos]
   model = random_model(dict(config.model))
   settings, det_kwargs = predict.face_settings_from_info(
-    None, min_frames=1, device=args.device
+    None, min_frames=1, device=args.device, decoder=args.decoder
   )
   from preprocessing import faces as faces_lib
   from preprocessing.detect import MTCNNDetector
@@ -173,6 +176,7 @@ def main() -> None:
     "settings": {
       "frame_step": settings.frame_step,
       "max_frames": settings.max_frames,
+      "decoder": settings.decoder,
       **det_kwargs,
     },
     "videos": rows,
