@@ -16,8 +16,8 @@ two ways (`decoder`):
   in presentation order among the packets' timestamps, which is what the
   "opencv" path counts. Other codecs, streams whose timestamps cannot give
   that order (missing, duplicated, reordered further than `_REORDER_LIMIT`
-  packets, flagged corrupt or discarded) and installs without PyAV use the
-  "opencv" path.
+  packets, flagged corrupt or discarded), rotated streams (OpenCV turns
+  their frames upright) and installs without PyAV use the "opencv" path.
 
 `FrameStream` decodes in a background thread so detection can start on the
 first frames.
@@ -42,6 +42,9 @@ DECODERS = ("auto", "opencv")
 _SKIPPING_CODECS = frozenset({"h264", "hevc"})
 # How far decode order may run from presentation order (H.264 allows 16).
 _REORDER_LIMIT = 32
+# The packets planned are held in memory: past this, OpenCV decodes (a 10-s
+# 1080p DFDC clip's first 330 packets are 2.7 MB).
+_PLAN_BYTES = 256 << 20
 
 
 class VideoError(Exception):
@@ -168,12 +171,14 @@ def _decode(
       else None
     )
     if plan is not None:
-      cap.release()
       stats["decoder"] = "pyav"
-      yield from _decode_skipping(
-        plan, frame_step, max_frames, stats, width, height, threads
-      )
-      return
+      try:
+        yield from _decode_skipping(
+          plan, frame_step, max_frames, stats, width, height, threads
+        )
+        return
+      except _UseOpenCV:  # raised before any frame was yielded
+        pass
     stats["decoder"] = "opencv"
     index = sampled = 0
     while sampled < max_frames:
@@ -198,6 +203,10 @@ def _check_size(index, frame_width, frame_height, width, height):
       f"frame {index} is {frame_width}x{frame_height}, header says "
       f"{width}x{height}"
     )
+
+
+class _UseOpenCV(Exception):
+  """The stream turned out to need OpenCV's handling (before any frame)."""
 
 
 @dataclasses.dataclass
@@ -228,7 +237,7 @@ def _skip_plan(path: pathlib.Path, frames_needed: int) -> _SkipPlan | None:
       container.close()
       return None
     stream = streams[0]
-    packets = []
+    packets, size = [], 0
     for packet in container.demux(stream):
       if packet.size == 0:  # the end-of-stream marker
         continue
@@ -236,6 +245,10 @@ def _skip_plan(path: pathlib.Path, frames_needed: int) -> _SkipPlan | None:
         container.close()
         return None
       packets.append(packet)
+      size += packet.size
+      if size > _PLAN_BYTES:
+        container.close()
+        return None
       if len(packets) >= frames_needed + _REORDER_LIMIT:
         break
   except av.FFmpegError:  # a damaged container: OpenCV's handling decides
@@ -283,6 +296,9 @@ def _decode_skipping(
   stats["frames_decoded"] = 0
   try:
     for frame in frames():
+      if not stats["frames_decoded"] and frame.rotation:
+        # OpenCV turns frames by the display matrix (phone videos).
+        raise _UseOpenCV
       stats["frames_decoded"] += 1
       rank = wanted.get(frame.pts)
       if rank is None:

@@ -17,16 +17,32 @@ from preprocessing import faces, video
 
 
 def _encode(
-  path, codec="libx264", n=60, vfr=False, fmt=None, size=(96, 64), options=None
+  path,
+  codec="libx264",
+  n=60,
+  vfr=False,
+  fmt=None,
+  size=(96, 64),
+  options=None,
+  rotation=None,
+  colorspace=None,
+  color_range=None,
 ):
   """A clip of n frames with a moving square; B-frames (some of them
-  references with libx264's b-pyramid) and one key frame."""
+  references with libx264's b-pyramid) and one key frame; optionally a
+  display rotation and colour tags (FFmpeg's AVColorSpace/AVColorRange)."""
   width, height = size
   rng = np.random.default_rng(0)
   base = (rng.random((height, width, 3)) * 64 + 96).astype(np.uint8)
   with av.open(str(path), "w", format=fmt, options=options) as container:
     stream = container.add_stream(codec, rate=25)
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    if rotation is not None:
+      stream.set_display_rotation(rotation)
+    if colorspace is not None:
+      stream.codec_context.colorspace = colorspace
+    if color_range is not None:
+      stream.codec_context.color_range = color_range
     stream.codec_context.gop_size = 250
     if codec == "libx264":
       stream.codec_context.options = {
@@ -102,6 +118,23 @@ def test_variable_frame_rate_frames_are_numbered_by_rank(tmp_path):
   assert [i for i, _ in frames] == list(range(0, 60, 5))
 
 
+@pytest.mark.parametrize("colorspace,color_range", [(1, 1), (2, 2), (1, 2)])
+def test_colour_tags_give_opencvs_pixels(tmp_path, colorspace, color_range):
+  # BT.709 / BT.601-unspecified, limited / full range.
+  path = _encode(
+    tmp_path / "c.mp4", colorspace=colorspace, color_range=color_range
+  )
+  _assert_same(path, 4, 10)
+
+
+@pytest.mark.parametrize("rotation", [90, 180])
+def test_rotated_videos_use_opencv(tmp_path, rotation):
+  # OpenCV turns the frames upright by the display matrix; PyAV does not.
+  path = _encode(tmp_path / "r.mp4", rotation=rotation)
+  frames, _ = _assert_same(path, 10, 30, expect="opencv")
+  assert frames[0][1].shape[:2] == ((96, 64) if rotation == 90 else (64, 96))
+
+
 def test_streams_without_timestamps_use_opencv(tmp_path):
   path = _encode(tmp_path / "raw.h264", fmt="h264")
   _assert_same(path, 10, 30, expect="opencv")
@@ -111,6 +144,12 @@ def test_reordering_beyond_the_limit_uses_opencv(tmp_path, monkeypatch):
   path = _encode(tmp_path / "clip.mp4")
   # B-frames put decode order up to 2 packets from presentation order.
   monkeypatch.setattr(video, "_REORDER_LIMIT", 2)
+  _assert_same(path, 10, 30, expect="opencv")
+
+
+def test_more_packets_than_memory_allows_use_opencv(tmp_path, monkeypatch):
+  path = _encode(tmp_path / "clip.mp4")
+  monkeypatch.setattr(video, "_PLAN_BYTES", 2000)
   _assert_same(path, 10, 30, expect="opencv")
 
 
