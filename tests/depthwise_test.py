@@ -81,3 +81,42 @@ def test_resolve_auto_per_backend_and_rejects_unknown():
   assert dw.resolve("shifted_vjp") == "shifted_vjp"
   with pytest.raises(ValueError, match="depthwise_impl"):
     dw.resolve("fast")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_pointwise_conv_value_and_gradients_match_lax_conv(dtype):
+  """layers.pointwise_conv (1x1 conv, hand-written backward on flattened
+  rows) against XLA's own 1x1 convolution and its derived gradients."""
+  from asrid_jax.models import layers
+
+  kx, kk, kg = jax.random.split(jax.random.key(3), 3)
+  x = jax.random.normal(kx, (2, 7, 5, 6), jnp.float32).astype(dtype)
+  kernel = jax.random.normal(kk, (6, 4), jnp.float32).astype(dtype)
+  g = jax.random.normal(kg, (2, 7, 5, 4), jnp.float32).astype(dtype)
+
+  def ref(x, kernel):
+    return jax.lax.conv_general_dilated(
+      x, kernel[None, None], (1, 1), "VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )  # fmt: skip
+
+  def grads(f):
+    return jax.grad(
+      lambda x, k: jnp.vdot(f(x, k).astype(jnp.float32), g), (0, 1)
+    )(x, kernel)
+
+  tol = 1e-5 if dtype == jnp.float32 else 3e-2
+  np.testing.assert_allclose(
+    np.asarray(layers.pointwise_conv(x, kernel), np.float32),
+    np.asarray(ref(x, kernel), np.float32),
+    rtol=tol,
+    atol=tol,
+  )
+  for got, want in zip(grads(layers.pointwise_conv), grads(ref), strict=True):
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_allclose(
+      np.asarray(got, np.float32),
+      np.asarray(want, np.float32),
+      rtol=tol,
+      atol=tol * 4,
+    )

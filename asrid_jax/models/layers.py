@@ -59,6 +59,34 @@ def resolve_depthwise_impl(impl: str) -> str:
   return depthwise.resolve(impl)
 
 
+@jax.custom_vjp
+def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A 1x1 convolution, NHWC x (C, O), with a hand-written backward.
+
+  The backward multiplies on the pixels flattened to rows, (N*H*W, C):
+  XLA:CPU's derived backward of the 4-d dot_general puts transposes around
+  the weight gradient's GEMM and runs 1.1-3x slower (fwd + bwd of single
+  layers at 95 px, batch 8). The forward stays the 4-d dot_general, which
+  fuses with what follows it (flattening it there slowed inference).
+  """
+  return jax.lax.dot_general(x, kernel, (((3,), (0,)), ((), ())))
+
+
+def _pointwise_fwd(x, kernel):
+  return pointwise_conv(x, kernel), (x, kernel)
+
+
+def _pointwise_bwd(residuals, grad):
+  x, kernel = residuals
+  rows = grad.reshape(-1, grad.shape[-1])
+  dx = jnp.dot(rows, kernel.T).reshape(x.shape)
+  dkernel = jnp.dot(x.reshape(-1, x.shape[-1]).T, rows)
+  return dx, dkernel.astype(kernel.dtype)
+
+
+pointwise_conv.defvjp(_pointwise_fwd, _pointwise_bwd)
+
+
 class Conv2d(nnx.Module):
   """Bias-free k x k convolution (optionally depthwise) with torch padding.
 
@@ -108,7 +136,7 @@ class Conv2d(nnx.Module):
       # A 1x1 convolution is a matmul over channels. XLA:CPU runs its
       # backward as a dot 2-5x faster than as a convolution; 'grouped'
       # keeps XLA's own convolutions everywhere.
-      return jax.lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())))
+      return pointwise_conv(x, kernel[0, 0])
     return jax.lax.conv_general_dilated(
       x,
       kernel,
