@@ -4,12 +4,13 @@
 
 Runs `asrid_jax.predict`'s per-video path (the preprocessing code: decode
 of every 10th frame up to 30 with `--decoder` (preprocessing/video.py),
-MTCNN at half resolution, IoU tracks, 1/3-margin crops; then JPEG round trip, clips of the config's length and the
-model) over the real sample videos when $ASRID_REAL_SAMPLES is set, else over
-the built-in sample. The model is the full-size paper config with random
-weights (speed does not depend on the weights). The reference is the DFDC
-competition's budget: 4000 test videos in 9 hours on a Kaggle GPU notebook,
-about 8 s per video. Prints a table and writes bench/results/predict_bench.json.
+MTCNN at half resolution, IoU tracks, 1/3-margin crops; then JPEG round
+trip, clips of the config's length and the model) over the real sample
+videos when $ASRID_REAL_SAMPLES is set, else over the built-in sample. The
+model is the full-size paper config with random weights (speed does not
+depend on the weights). The reference is the DFDC competition's budget:
+4000 test videos in 9 hours on a Kaggle GPU notebook, about 8 s per video.
+Prints a table and writes bench/results/predict_bench.json.
 """
 
 import argparse
@@ -26,6 +27,7 @@ from flax import nnx
 
 from asrid_jax import predict, scoring
 from asrid_jax.models import asrid as asrid_lib
+from preprocessing import video
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 DFDC_SECONDS_PER_VIDEO = 9 * 3600 / 4000  # 8.1 s
@@ -72,7 +74,7 @@ def main() -> None:
   p.add_argument("--max_videos", type=int, default=0, help="0 = all")
   p.add_argument("--device", default="cpu", help="MTCNN device")
   p.add_argument(
-    "--decoder", default="auto", choices=("auto", "opencv"), help="video.py"
+    "--decoder", default="auto", choices=video.DECODERS, help="video.py"
   )
   args = p.parse_args()
 

@@ -47,6 +47,12 @@ _REORDER_LIMIT = 32
 _PLAN_BYTES = 256 << 20
 
 
+def decoding_threads(spare: int = 0) -> int:
+  """PyAV's frame threads: one per core less `spare` for a consumer running
+  beside the decoder, at least 1, at most 16."""
+  return max(1, min((os.cpu_count() or 1) - spare, 16))
+
+
 class VideoError(Exception):
   """A video that cannot be used; the message is the human-readable reason."""
 
@@ -141,8 +147,8 @@ def _decode(
 ):
   """Yields (Geometry, fps), then (frame number, RGB frame) per sampled one.
 
-  threads: PyAV's decoding threads (frame threading; None: one per core, at
-  most 16). OpenCV picks its own.
+  threads: PyAV's decoding threads (frame threading; None:
+  `decoding_threads()`). OpenCV picks its own.
 
   stats['decoded'] counts the frames read so far (decoded or dropped),
   stats['frames_decoded'] those the decoder returned, stats['decoder']
@@ -154,7 +160,7 @@ def _decode(
   if decoder not in DECODERS:
     raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
   if threads is None:
-    threads = min(os.cpu_count() or 1, 16)
+    threads = decoding_threads()
   path = pathlib.Path(path)
   cap = _open(path)
   try:
@@ -232,39 +238,43 @@ def _skip_plan(path: pathlib.Path, frames_needed: int) -> _SkipPlan | None:
   except av.FFmpegError:
     return None
   try:
-    streams = container.streams.video
-    if not streams or streams[0].codec_context.name not in _SKIPPING_CODECS:
-      container.close()
-      return None
-    stream = streams[0]
-    packets, size = [], 0
-    for packet in container.demux(stream):
-      if packet.size == 0:  # the end-of-stream marker
-        continue
-      if packet.pts is None or packet.is_corrupt or packet.is_discard:
-        container.close()
-        return None
-      packets.append(packet)
-      size += packet.size
-      if size > _PLAN_BYTES:
-        container.close()
-        return None
-      if len(packets) >= frames_needed + _REORDER_LIMIT:
-        break
+    packets = _plan_packets(container, frames_needed + _REORDER_LIMIT)
   except av.FFmpegError:  # a damaged container: OpenCV's handling decides
-    container.close()
+    packets = None
+  if packets is not None:
+    order = sorted(range(len(packets)), key=lambda i: packets[i].pts)
+    ranks = [0] * len(packets)
+    for rank, i in enumerate(order):
+      ranks[i] = rank
+    unique = len({p.pts for p in packets}) == len(packets)
+    if unique and all(
+      abs(rank - i) < _REORDER_LIMIT // 2 for i, rank in enumerate(ranks)
+    ):
+      return _SkipPlan(container, container.streams.video[0], packets, ranks)
+  container.close()
+  return None
+
+
+def _plan_packets(container, count: int) -> list | None:
+  """The first `count` packets of the first video stream, if it is one
+  `_SKIPPING_CODECS` decodes and every packet has a usable timestamp and
+  they fit in `_PLAN_BYTES`; else None."""
+  streams = container.streams.video
+  if not streams or streams[0].codec_context.name not in _SKIPPING_CODECS:
     return None
-  order = sorted(range(len(packets)), key=lambda i: packets[i].pts)
-  ranks = [0] * len(packets)
-  for rank, i in enumerate(order):
-    ranks[i] = rank
-  pts = [packets[i].pts for i in order]
-  if len(set(pts)) < len(pts) or any(
-    abs(rank - i) >= _REORDER_LIMIT // 2 for i, rank in enumerate(ranks)
-  ):
-    container.close()
-    return None
-  return _SkipPlan(container, stream, packets, ranks)
+  packets, size = [], 0
+  for packet in container.demux(streams[0]):
+    if packet.size == 0:  # the end-of-stream marker
+      continue
+    if packet.pts is None or packet.is_corrupt or packet.is_discard:
+      return None
+    packets.append(packet)
+    size += packet.size
+    if size > _PLAN_BYTES:
+      return None
+    if len(packets) >= count:
+      break
+  return packets
 
 
 def _decode_skipping(
@@ -346,7 +356,7 @@ class FrameStream:
     # The consumer runs beside the decoder: it keeps a core for itself (on
     # 2 cores, 1 decoding thread: 1.08 against 1.12 s a 1080p clip with
     # MTCNN, 1.97 against 2.02 CPU s; bench/preprocess_bench.py).
-    threads = max(1, min((os.cpu_count() or 1) - 1, 16))
+    threads = decoding_threads(spare=1)
     self._args = (path, frame_step, max_frames, self._stats, decoder, threads)
     self._min_frames = min_frames
     self._frames: list[np.ndarray] = []
