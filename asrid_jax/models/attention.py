@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from asrid_jax.models import layers
+
 # Squared distances below are between L2-normalised vectors, so they lie in
 # [0, 4]; orthogonal unit vectors are at squared distance 2.
 DEFAULT_INTRA_MARGIN = 0.05
@@ -153,6 +155,7 @@ class TextureEnhancement(nnx.Module):
       padding=1,
       use_bias=False,
       dtype=dtype,
+      conv_general_dilated=layers.conv_general_dilated,
       rngs=rngs,
     )
     self.bn = nnx.BatchNorm(out_channels, momentum=0.9, dtype=dtype, rngs=rngs)
@@ -236,6 +239,7 @@ class MultiHeadSpatialAttention(nnx.Module):
       padding=1,
       use_bias=False,
       dtype=dtype,
+      conv_general_dilated=layers.conv_general_dilated,
       rngs=rngs,
     )
     self.map_bn = nnx.BatchNorm(hidden, momentum=0.9, dtype=dtype, rngs=rngs)
