@@ -55,14 +55,10 @@ def _config(
   return c
 
 
-def jax_rate(
-  variant: str,
-  size: int,
-  steps: int,
-  batch: int = CLIPS,
-  clip_len: int = CLIP_LEN,
-  dtype: str = "float32",
-) -> dict:
+def jax_trainer(
+  variant: str, size: int, batch: int, clip_len: int, dtype: str = "float32"
+):
+  """(trainer, state, batch, key): a Trainer on all devices, random clips."""
   import jax
   import numpy as np
 
@@ -79,8 +75,22 @@ def jax_rate(
     "image": rng.integers(0, 255, (batch, clip_len, size, size, 3), np.uint8),
     "label": rng.integers(0, 2, (batch,), np.int32),
   }
-  batch_arr = sharding.global_batch(local, mesh)
-  key = jax.random.key(0)
+  return trainer, state, sharding.global_batch(local, mesh), jax.random.key(0)
+
+
+def jax_rate(
+  variant: str,
+  size: int,
+  steps: int,
+  batch: int = CLIPS,
+  clip_len: int = CLIP_LEN,
+  dtype: str = "float32",
+) -> dict:
+  import jax
+
+  trainer, state, batch_arr, key = jax_trainer(
+    variant, size, batch, clip_len, dtype
+  )
   t0 = time.perf_counter()
   state, m = trainer.train_step(state, batch_arr, key)
   jax.block_until_ready(m)
