@@ -13,7 +13,8 @@ second core did not share). Ops are grouped by what XLA compiled them into
 from the compiled HLO. Prints per-kind and top-op tables (ms per step) and
 writes bench/results/step_profile.json.
 
-The same op times sum to more than the step when two threads overlap and
+CPU only (on a GPU the ops run on the device, not on these threads). The
+same op times sum to more than the step when two threads overlap and
 to less when threads wait; the busy-thread table says which. It depends on
 the profiler's trace format (TensorBoard trace.json.gz) and XLA's op names.
 """
@@ -146,6 +147,11 @@ def profile(args) -> dict[str, Any]:
 
   from bench import common, train_bench
 
+  if jax.default_backend() != "cpu":
+    raise SystemExit(
+      f"step_profile reads XLA:CPU's threads; JAX runs on "
+      f"{jax.default_backend()} here (set JAX_PLATFORMS=cpu)"
+    )
   trainer, state, batch, key = train_bench.jax_trainer(
     args.variant, args.size, args.clips, args.clip_len, args.dtype
   )
