@@ -4,19 +4,22 @@
       [--clips 2 --clip_len 4] [--steps 5] [--top 25] [--out FILE]
 
 Traces `--steps` jitted train steps (bench/train_bench.py's Trainer on
-random clips, compile excluded) with `jax.profiler` and reads the ops XLA
-ran on its intra-op threads. For each step window it measures how long 0,
-1, 2, ... of those threads were busy, and for every op how much of its time
-ran while it was the only busy one ("solo": time on the critical path that a
-second core did not share). Ops are grouped by what XLA compiled them into
-(GEMM, convolution, reduction, elementwise/copy loop, loop control), read
-from the compiled HLO. Prints per-kind and top-op tables (ms per step) and
+random clips, compile excluded) with `jax.profiler` and reads what XLA:CPU's
+threads did in each step window (see `thread_activity`): which op each
+thread ran, when pool workers helped an op (YNNPACK and Eigen split an op's
+loops over the pool; the helpers log no op event of their own), and when a
+thread waited. It reports how long 0, 1, 2, ... threads were busy, and for
+every op its own time, the help it got from other threads, and its "solo"
+time, when it ran on the only busy thread (critical-path time a second
+core did not share). Ops are grouped by what XLA compiled them into (GEMM,
+convolution, reduction, elementwise/copy loop, loop control), read from
+the compiled HLO. Prints per-kind and top-op tables (ms per step) and
 writes bench/results/step_profile.json.
 
-CPU only (on a GPU the ops run on the device, not on these threads). The
-same op times sum to more than the step when two threads overlap and
-to less when threads wait; the busy-thread table says which. It depends on
-the profiler's trace format (TensorBoard trace.json.gz) and XLA's op names.
+CPU only (on a GPU the ops run on the device, not on these threads). Help
+is attributed by time: when two ops run while a worker helps, each gets
+half. It depends on the profiler's trace format (TensorBoard trace.json.gz),
+its ThreadpoolListener events and XLA's op names.
 """
 
 from __future__ import annotations
@@ -32,77 +35,176 @@ from typing import Any
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "step_profile.json"
 STEP_NAME = "step_profile_train_step"
-# XLA:CPU's intra-op pool threads, where the compiled ops run.
-_OP_THREAD = re.compile(r"XLAEigen")
+RUNTIME = "runtime (not in the HLO)"
+# The threads that run compiled code: XLA:CPU's intra-op pool, and the
+# client thread that starts each execution and runs ops itself.
+_OP_THREAD = re.compile(r"XLAEigen|XLAPjRtCpuClient")
+_POOL_THREAD = re.compile(r"XLAEigen")
 # Executor bookkeeping and waits (a multi-device step's rendezvous): not work.
 _NOT_OPS = re.compile(
   r"Execute|Await|ThreadpoolListener|^end: |Rendezvous|^Wait"
 )
+_END = "end: "
+_REGION_START = "ThreadpoolListener::StartRegion"
+_REGION_STOP = "ThreadpoolListener::StopRegion"
+# A thread blocked on others: an op waiting for its pool workers, the client
+# thread waiting for the step, a multi-device rendezvous.
+_WAITS = re.compile(r"Await|wait for completion|Rendezvous|^Wait")
+# The thunk executor's own closure: it runs ops, and between them it is
+# bookkeeping.
+_EXECUTOR = re.compile(r"^ThunkExecutor::Execute$")
 
 
-def _union(intervals: list[tuple[float, float]]) -> list[list[float]]:
-  merged: list[list[float]] = []
-  for start, end in sorted(intervals):
-    if merged and start <= merged[-1][1]:
-      merged[-1][1] = max(merged[-1][1], end)
-    else:
-      merged.append([start, end])
-  return merged
+def thread_activity(
+  events: list[dict[str, Any]], start: float, end: float
+) -> dict[str, Any]:
+  """Who did what on XLA:CPU's threads in [start, end], event by event.
 
+  `events` are one step's trace events (ts, dur in us, tid, name) on the
+  threads that run compiled code. Events nest on a thread (a while loop's
+  holds its body's ops, an op holds its waits), and the innermost open one
+  says what the thread does: an op works, a wait blocks, the thunk executor
+  does bookkeeping. A thread in none of them but inside a thread-pool
+  closure (ThreadpoolListener's Start/StopRegion) is helping: YNNPACK
+  splits one op's loops over the pool, and its workers log no op events. A
+  sweep over every start and end gives, in us:
 
-def busy_profile(
-  ops: list[dict[str, Any]], start: float, end: float
-) -> tuple[dict[int, float], dict[str, float]]:
-  """Time with k threads busy in [start, end], and each op's solo time.
-
-  `ops` are trace events (ts, dur in us, tid, name). Returns
-  ({k: us with exactly k threads busy}, {op name: us it ran while no other
-  thread was busy}).
+  - `busy`: {k: time with exactly k threads working, helping or in the
+    executor};
+  - `self`: {op: time it was the innermost op of a thread, waits excluded};
+  - `helped`: {op: other threads' help, split evenly between the ops
+    working or waiting at the time, or with none of those, between the
+    ops in flight (launched, their "end:" event not yet logged)};
+  - `solo`: {op: time it worked on the only busy thread};
+  - `executor`: thread time in the executor's bookkeeping;
+  - `unattributed`: help while no op was working anywhere.
   """
-  per_thread: dict[Any, list[tuple[float, float]]] = collections.defaultdict(
-    list
-  )
-  for e in ops:
+  marks = []  # (time, ends first, tid, what, +1/-1, name)
+  regions: dict[Any, int] = collections.Counter()  # open closures
+  first_in_window: dict[Any, tuple[float, int]] = {}
+  ends: dict[str, list[float]] = collections.defaultdict(list)
+  for e in sorted(events, key=lambda e: e["ts"]):
+    if e["name"].startswith(_END):
+      ends[e["name"][len(_END) :]].append(e["ts"])
+  next_end: dict[str, int] = collections.Counter()
+  for e in sorted(events, key=lambda e: e["ts"]):
+    name, tid = e["name"], e["tid"]
+    if name in (_REGION_START, _REGION_STOP):
+      delta = 1 if name == _REGION_START else -1
+      if e["ts"] < start:
+        regions[tid] = max(0, regions[tid] + delta)
+      elif e["ts"] < end:
+        marks.append((e["ts"], int(delta > 0), tid, "region", delta, ""))
+        if e["ts"] < first_in_window.get(tid, (end, 0))[0]:
+          first_in_window[tid] = (e["ts"], delta)
+      continue
     a, b = max(e["ts"], start), min(e["ts"] + e["dur"], end)
-    if b > a:
-      per_thread[e["tid"]].append((a, b))
-  edges = []
-  for intervals in per_thread.values():
-    for a, b in _union(intervals):
-      edges += [(a, 1), (b, -1)]
-  edges.sort()
+    if b <= a:
+      continue
+    if _WAITS.search(name):
+      what = "wait"
+    elif _EXECUTOR.search(name):
+      what = "executor"
+    elif _NOT_OPS.search(name):
+      continue
+    else:
+      what = "op"
+      # Its "end: name" event: later than the op's own end when the op only
+      # launched work on the pool (XLA's Eigen convolutions), which runs in
+      # closures until then.
+      done, i = ends[name], next_end[name]
+      while i < len(done) and done[i] < e["ts"]:
+        i += 1
+      if i < len(done):
+        next_end[name] = i + 1
+        if min(done[i], end) > b:
+          marks.append((b, 1, None, "flight", +1, name))
+          marks.append((min(done[i], end), 0, None, "flight", -1, name))
+    marks.append((a, 1, tid, what, +1, name))
+    marks.append((b, 0, tid, what, -1, name))
+  marks.sort(key=lambda m: m[:2])
+  for tid, (_, delta) in first_in_window.items():
+    if delta < 0:  # a closure that began before the events given
+      regions[tid] = max(regions[tid], 1)
+  stacks: dict[Any, list[tuple[str, str]]] = collections.defaultdict(list)
+  in_flight: list[str] = []
   busy: dict[int, float] = collections.Counter()
-  solo_spans: list[tuple[float, float]] = []
-  level, last = 0, start
-  for t, delta in edges:
-    if t > last:
-      busy[level] += t - last
-      if level == 1:
-        solo_spans.append((last, t))
-    level, last = level + delta, t
-  if end > last:
-    busy[level] += end - last
+  own: dict[str, float] = collections.Counter()
+  helped: dict[str, float] = collections.Counter()
   solo: dict[str, float] = collections.Counter()
-  for e in ops:
-    a, b = e["ts"], e["ts"] + e["dur"]
-    for s, t in solo_spans:  # few thousand spans and ops: quadratic is fine
-      if s >= b:
-        break
-      overlap = min(b, t) - max(a, s)
-      if overlap > 0:
-        solo[e["name"]] += overlap
-  return dict(busy), dict(solo)
+  executor = unattributed = 0.0
+  last = start
+  for t, _, tid, what, delta, name in [*marks, (end, 0, None, "", 0, "")]:
+    if t > last:
+      dt = t - last
+      working, waiting, helping, in_executor = [], [], 0, 0
+      for k in (set(stacks) | set(regions)) - {None}:
+        stack = stacks[k]
+        if stack and stack[-1][0] == "op":
+          working.append(stack[-1][1])
+        elif stack and stack[-1][0] == "executor":
+          in_executor += 1
+        elif stack:  # a wait; inside an op, it waits for that op's helpers
+          waiting += [name for what, name in stack if what == "op"][-1:]
+        elif regions[k] > 0:
+          helping += 1
+      level = len(working) + helping + in_executor
+      busy[level] += dt
+      executor += dt * in_executor
+      for op in working:
+        own[op] += dt
+        if level == 1:
+          solo[op] += dt
+      # Help goes evenly to the ops working or waiting for it; with none, to
+      # those in flight.
+      candidates = working + waiting or in_flight
+      for op in candidates:
+        helped[op] += dt * helping / len(candidates)
+      if not candidates:
+        unattributed += dt * helping
+      last = t
+    if what == "region":
+      regions[tid] = max(0, regions[tid] + delta)
+    elif what == "flight":
+      if delta > 0:
+        in_flight.append(name)
+      else:
+        in_flight.remove(name)
+    elif delta > 0:
+      stacks[tid].append((what, name))
+    elif what:
+      # Close the last open event of that name: tolerant of rounding that
+      # lets a child end a hair after its parent.
+      stack = stacks[tid]
+      for i in range(len(stack) - 1, -1, -1):
+        if stack[i] == (what, name):
+          del stack[i]
+          break
+  return {
+    "busy": dict(busy),
+    "self": dict(own),
+    "helped": dict(helped),
+    "solo": dict(solo),
+    "executor": executor,
+    "unattributed": unattributed,
+  }
 
 
 def op_kinds(hlo_text: str) -> dict[str, tuple[str, str]]:
   """{instruction name: (kind, result shape)} from compiled HLO text."""
   bodies: dict[str, str] = {}
-  for match in re.finditer(r"^(?:%)?([\w.\-]+) .*?\{\n(.*?)\n\}", hlo_text,
-                           re.M | re.S):  # fmt: skip
+  # A computation: a one-line header `[ENTRY ]%name (params) -> shape {`,
+  # its instructions, a closing `}` alone on its line.
+  for match in re.finditer(
+    r"^(?:ENTRY )?%?([\w.\-]+) \([^\n]*\{\n(.*?)\n\}", hlo_text, re.M | re.S
+  ):
     bodies[match.group(1)] = match.group(2)
   kinds = {}
   for match in re.finditer(
-    r"^\s+(?:ROOT )?%([\w.\-]+) = (\S+) (\w[\w\-]*)\((.*)$", hlo_text, re.M
+    # The result shape is a tuple "(s32[], f32[8]{0})" for loops and calls.
+    r"^\s+(?:ROOT )?%([\w.\-]+) = (\(.*?\)|\S+) (\w[\w\-]*)\((.*)$",
+    hlo_text,
+    re.M,
   ):
     name, shape, opcode, rest = match.groups()
     body = opcode
@@ -167,61 +269,7 @@ def profile(args) -> dict[str, Any]:
           state, metrics = step(state, batch, key)
           jax.block_until_ready(metrics)
     events = _load_trace(pathlib.Path(tmp))
-  steps = [e for e in events if e.get("ph") == "X" and e["name"] == STEP_NAME]
-  ops = [
-    e
-    for e in events
-    if e.get("ph") == "X"
-    and _OP_THREAD.search(e["thread"])
-    and not _NOT_OPS.search(e["name"])
-  ]
-  if not steps or not ops:
-    raise RuntimeError(
-      f"the trace has {len(steps)} step annotations and {len(ops)} XLA ops "
-      "on XLAEigen threads; has the profiler's format changed?"
-    )
-  kinds = op_kinds(hlo)
-  n = len(steps)
-  busy_total: dict[int, float] = collections.Counter()
-  solo_total: dict[str, float] = collections.Counter()
-  op_total: dict[str, float] = collections.Counter()
-  op_threads: dict[str, int] = collections.Counter()
-  for step in steps:
-    start, end = step["ts"], step["ts"] + step["dur"]
-    inside = [e for e in ops if start <= e["ts"] < end]
-    busy, solo = busy_profile(inside, start, end)
-    for k, v in busy.items():
-      busy_total[k] += v
-    for k, v in solo.items():
-      solo_total[k] += v
-    threads_in_step: dict[str, set] = collections.defaultdict(set)
-    for e in inside:
-      op_total[e["name"]] += e["dur"]
-      threads_in_step[e["name"]].add(e["tid"])
-    for name, tids in threads_in_step.items():
-      op_threads[name] = max(op_threads[name], len(tids))
-  ms = 1e-3 / n  # trace us summed over n steps -> ms per step
-  by_kind: dict[str, dict[str, float]] = collections.defaultdict(
-    lambda: {"ms": 0.0, "solo_ms": 0.0, "ops": 0}
-  )
-  top = []
-  for name, total in op_total.items():
-    kind, shape = kinds.get(name, ("other", ""))
-    by_kind[kind]["ms"] += total * ms
-    by_kind[kind]["solo_ms"] += solo_total.get(name, 0.0) * ms
-    by_kind[kind]["ops"] += 1
-    top.append(
-      {
-        "op": name,
-        "kind": kind,
-        "shape": shape,
-        "ms": total * ms,
-        "solo_ms": solo_total.get(name, 0.0) * ms,
-        # Most threads it ran on within one step (1: never split).
-        "threads": op_threads[name],
-      }
-    )
-  top.sort(key=lambda r: -r["ms"])
+  result = summarize(events, op_kinds(hlo), args.top)
   return {
     "jax": jax.__version__,
     "backend": jax.default_backend(),
@@ -230,11 +278,72 @@ def profile(args) -> dict[str, Any]:
     "size": args.size,
     "frames": args.clips * args.clip_len,
     "dtype": args.dtype,
-    "steps": n,
+    **result,
+  }
+
+
+def summarize(
+  events: list[dict[str, Any]],
+  kinds: dict[str, tuple[str, str]],
+  top: int = 25,
+) -> dict[str, Any]:
+  """Per-step means (ms) of thread_activity over the annotated steps."""
+  steps = [e for e in events if e.get("ph") == "X" and e["name"] == STEP_NAME]
+  on_threads = [
+    e
+    for e in events
+    if e.get("ph") == "X"
+    and _OP_THREAD.search(e.get("thread", ""))
+    # Only pool workers help; the client thread's closure spans the step.
+    and (_POOL_THREAD.search(e["thread"]) or "Region" not in e["name"])
+  ]
+  if not steps or not any(not _NOT_OPS.search(e["name"]) for e in on_threads):
+    raise RuntimeError(
+      f"the trace has {len(steps)} step annotations and no XLA ops on "
+      "XLAEigen/XLAPjRtCpuClient threads; has the profiler's format changed?"
+    )
+  totals: dict[str, Any] = collections.defaultdict(collections.Counter)
+  for step in steps:
+    start, end = step["ts"], step["ts"] + step["dur"]
+    inside = [e for e in on_threads if start <= e["ts"] < end]
+    activity = thread_activity(inside, start, end)
+    for field in ("busy", "self", "helped", "solo"):
+      totals[field].update(activity[field])
+    totals["unattributed"][""] += activity["unattributed"]
+    totals["executor"][""] += activity["executor"]
+  ms = 1e-3 / len(steps)  # trace us summed over the steps -> ms per step
+  by_kind: dict[str, dict[str, float]] = collections.defaultdict(
+    lambda: {"ms": 0.0, "helped_ms": 0.0, "solo_ms": 0.0, "ops": 0}
+  )
+  rows = []
+  for name, own in totals["self"].items():
+    # Names not in the HLO are the runtime's (PjRt's buffer handling).
+    kind, shape = kinds.get(name, (RUNTIME, ""))
+    row = {
+      "op": name,
+      "kind": kind,
+      "shape": shape,
+      "ms": own * ms,
+      "helped_ms": totals["helped"][name] * ms,
+      "solo_ms": totals["solo"][name] * ms,
+    }
+    rows.append(row)
+    for field in ("ms", "helped_ms", "solo_ms"):
+      by_kind[kind][field] += row[field]
+    by_kind[kind]["ops"] += 1
+  rows.sort(key=lambda r: -(r["ms"] + r["helped_ms"]))
+  return {
+    "steps": len(steps),
     "step_ms": sum(s["dur"] for s in steps) * ms,
-    "threads_busy_ms": {str(k): v * ms for k, v in sorted(busy_total.items())},
-    "by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1]["ms"])),
-    "top_ops": top[: args.top],
+    "threads_busy_ms": {
+      str(k): v * ms for k, v in sorted(totals["busy"].items())
+    },
+    "executor_ms": totals["executor"][""] * ms,
+    "unattributed_help_ms": totals["unattributed"][""] * ms,
+    "by_kind": dict(
+      sorted(by_kind.items(), key=lambda kv: -kv[1]["ms"] - kv[1]["helped_ms"])
+    ),
+    "top_ops": rows[:top],
   }
 
 
@@ -247,15 +356,22 @@ def print_tables(result: dict[str, Any]) -> None:
   print("\n| threads busy | ms per step |\n|---|---|")
   for k, v in result["threads_busy_ms"].items():
     print(f"| {k} | {v:.1f} |")
-  print("\n| op kind | ms | solo ms | ops |\n|---|---|---|---|")
+  print(
+    f"\nthunk executor bookkeeping: {result['executor_ms']:.1f} ms; "
+    f"helping while no op worked: {result['unattributed_help_ms']:.1f} ms"
+    "\n\n| op kind | ms | helped ms | solo ms | ops |\n|---|---|---|---|---|"
+  )
   for kind, row in result["by_kind"].items():
-    print(f"| {kind} | {row['ms']:.1f} | {row['solo_ms']:.1f} | {row['ops']} |")
-  print("\n| op | kind | result | ms | solo ms | threads |")
+    print(
+      f"| {kind} | {row['ms']:.1f} | {row['helped_ms']:.1f} "
+      f"| {row['solo_ms']:.1f} | {row['ops']} |"
+    )
+  print("\n| op | kind | result | ms | helped ms | solo ms |")
   print("|---|---|---|---|---|---|")
   for r in result["top_ops"]:
     print(
       f"| {r['op']} | {r['kind']} | {r['shape']} | {r['ms']:.2f} "
-      f"| {r['solo_ms']:.2f} | {r['threads']} |"
+      f"| {r['helped_ms']:.2f} | {r['solo_ms']:.2f} |"
     )
 
 
