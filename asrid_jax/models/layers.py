@@ -116,9 +116,14 @@ def conv_general_dilated(
   """`lax.conv_general_dilated` with a faster kernel gradient where it pays.
 
   A drop-in for `nnx.Conv(conv_general_dilated=...)`. A dense, undilated,
-  stride-1 NHWC x HWIO convolution with non-negative padding, traced for a
-  backend in `TAP_KERNEL_GRAD_BACKENDS`, runs as `tap_conv`; anything else
-  goes to `lax.conv_general_dilated` unchanged.
+  stride-1 NHWC x HWIO convolution with non-negative padding and no
+  precision, preferred type or sharding given runs as `tap_conv` when the
+  process's default backend (`jax.default_backend()`, read at trace time,
+  not the device a computation is later placed on) is in
+  `TAP_KERNEL_GRAD_BACKENDS`; anything else goes to
+  `lax.conv_general_dilated` unchanged. `tap_conv` is a `jax.custom_vjp`,
+  so those convolutions have no forward-mode derivative (`jax.jvp`,
+  `jax.jacfwd`): set `TAP_KERNEL_GRAD_BACKENDS = ()` for that.
   """
   ones = (1,) * (lhs.ndim - 2)
   dims = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
@@ -170,8 +175,9 @@ def tap_conv(x: jax.Array, kernel: jax.Array, padding) -> jax.Array:
   The forward and the input gradient are XLA's own. The kernel gradient of
   tap (i, j) is the shifted input window, flattened to rows (N*H*W, C_in),
   contracted over its rows with the output gradient's (N*H*W, C_out): one
-  GEMM per tap, accumulated in float32, where XLA:CPU transposes both
-  operands for a convolution-shaped reduction 2.4x slower.
+  GEMM per tap, accumulated in at least float32, where XLA:CPU transposes
+  both operands for a convolution-shaped reduction 2.4x slower. Reverse
+  mode only (a custom VJP).
   """
   return _dense_conv(x, kernel, padding)
 
@@ -188,6 +194,15 @@ def _tap_conv_bwd(padding, residuals, grad):
   n, out_h, out_w, _ = grad.shape
   xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   rows = grad.reshape(-1, cout)
+  # float32 accumulation for bf16, float64 kept for float64.
+  accumulate = jnp.promote_types(jnp.result_type(x, grad), jnp.float32)
+  # The rows hold the batch. Sharded explicitly (jax.sharding.AxisType
+  # .Explicit), their sum is a reduction across devices that must be told
+  # its result: the kernel, replicated. Under Auto sharding XLA decides.
+  explicit = any(jax.typeof(x).sharding.spec) or any(
+    jax.typeof(grad).sharding.spec
+  )
+  replicated = jax.sharding.PartitionSpec() if explicit else None
   taps = []
   for i in range(kh):
     for j in range(kw):
@@ -197,7 +212,8 @@ def _tap_conv_bwd(padding, residuals, grad):
           window.reshape(-1, cin),
           rows,
           (((0,), (0,)), ((), ())),
-          preferred_element_type=jnp.float32,
+          preferred_element_type=accumulate,
+          out_sharding=replicated,
         )
       )
   dkernel = jnp.stack(taps).reshape(kernel.shape)
