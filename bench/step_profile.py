@@ -82,12 +82,13 @@ def thread_activity(
   marks = []  # (time, ends first, tid, what, +1/-1, name)
   regions: dict[Any, int] = collections.Counter()  # open closures
   first_in_window: dict[Any, tuple[float, int]] = {}
+  events = sorted(events, key=lambda e: e["ts"])
   ends: dict[str, list[float]] = collections.defaultdict(list)
-  for e in sorted(events, key=lambda e: e["ts"]):
+  for e in events:
     if e["name"].startswith(_END):
       ends[e["name"][len(_END) :]].append(e["ts"])
   next_end: dict[str, int] = collections.Counter()
-  for e in sorted(events, key=lambda e: e["ts"]):
+  for e in events:
     name, tid = e["name"], e["tid"]
     if name in (_REGION_START, _REGION_STOP):
       delta = 1 if name == _REGION_START else -1
@@ -138,7 +139,7 @@ def thread_activity(
     if t > last:
       dt = t - last
       working, waiting, helping, in_executor = [], [], 0, 0
-      for k in (set(stacks) | set(regions)) - {None}:
+      for k in set(stacks) | set(regions):
         stack = stacks[k]
         if stack and stack[-1][0] == "op":
           working.append(stack[-1][1])
@@ -303,14 +304,15 @@ def summarize(
       "XLAEigen/XLAPjRtCpuClient threads; has the profiler's format changed?"
     )
   totals: dict[str, Any] = collections.defaultdict(collections.Counter)
+  executor = unattributed = 0.0
   for step in steps:
     start, end = step["ts"], step["ts"] + step["dur"]
     inside = [e for e in on_threads if start <= e["ts"] < end]
     activity = thread_activity(inside, start, end)
     for field in ("busy", "self", "helped", "solo"):
       totals[field].update(activity[field])
-    totals["unattributed"][""] += activity["unattributed"]
-    totals["executor"][""] += activity["executor"]
+    unattributed += activity["unattributed"]
+    executor += activity["executor"]
   ms = 1e-3 / len(steps)  # trace us summed over the steps -> ms per step
   by_kind: dict[str, dict[str, float]] = collections.defaultdict(
     lambda: {"ms": 0.0, "helped_ms": 0.0, "solo_ms": 0.0, "ops": 0}
@@ -338,8 +340,8 @@ def summarize(
     "threads_busy_ms": {
       str(k): v * ms for k, v in sorted(totals["busy"].items())
     },
-    "executor_ms": totals["executor"][""] * ms,
-    "unattributed_help_ms": totals["unattributed"][""] * ms,
+    "executor_ms": executor * ms,
+    "unattributed_help_ms": unattributed * ms,
     "by_kind": dict(
       sorted(by_kind.items(), key=lambda kv: -kv[1]["ms"] - kv[1]["helped_ms"])
     ),
