@@ -43,8 +43,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from asrid_jax import hostmem, reporting, scoring
 from asrid_jax import metrics as metrics_lib
-from asrid_jax import reporting, scoring
 from asrid_jax.scoring import STRATEGIES, EvalResult, format_report
 
 # ---------------------------------------------------------------------------
@@ -463,4 +463,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  hostmem.ensure_hugepage_malloc()  # before any work: it may re-execute
   sys.exit(main())

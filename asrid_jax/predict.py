@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from asrid_jax import heatmaps, reporting
+from asrid_jax import heatmaps, hostmem, reporting
 from asrid_jax import metrics as metrics_lib
 from asrid_jax.predict_args import build_parser  # noqa: F401 (re-exported)
 from asrid_jax.predict_inputs import (  # noqa: F401 (re-exported)
@@ -430,4 +430,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  hostmem.ensure_hugepage_malloc()  # before any work: it may re-execute
   sys.exit(main())

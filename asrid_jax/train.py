@@ -30,7 +30,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from asrid_jax import checkpoint as ckpt_lib
-from asrid_jax import locks, reporting, train_checks
+from asrid_jax import hostmem, locks, reporting, train_checks
 from asrid_jax import sharding as sharding_lib
 from asrid_jax import step as step_lib
 from configs import common as config_common
@@ -481,5 +481,6 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+  hostmem.ensure_hugepage_malloc()  # before any work: it may re-execute
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main, flags_parser=_parse_flags)

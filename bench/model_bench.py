@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from asrid_jax import hostmem
 from asrid_jax.models import depthwise
 from asrid_jax.models import mobilenet_v3 as mv
 from bench import common
@@ -415,4 +416,5 @@ def _print_table(
 
 
 if __name__ == "__main__":
+  hostmem.ensure_hugepage_malloc()  # before any work: it may re-execute
   main()

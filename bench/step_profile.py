@@ -33,6 +33,8 @@ import re
 import tempfile
 from typing import Any
 
+from asrid_jax import hostmem
+
 RESULTS = pathlib.Path(__file__).parent / "results" / "step_profile.json"
 STEP_NAME = "step_profile_train_step"
 RUNTIME = "runtime (not in the HLO)"
@@ -398,4 +400,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+  hostmem.ensure_hugepage_malloc()  # before any work: it may re-execute
   main()
