@@ -1,8 +1,8 @@
 """Training throughput: the JAX train step vs a PyTorch twin, and CPU scaling.
 
-  python -m bench.train_bench [--sizes 380,128] [--steps 5] [--scaling]
-      [--dtypes float32,bfloat16] [--clips 24 --clip_len 8] [--out FILE]
-      [--cpu_devices N]
+  python -m bench.train_bench [--sizes 380,128] [--steps 5] [--rounds 3]
+      [--warmup 3] [--scaling] [--dtypes float32,bfloat16]
+      [--clips 24 --clip_len 8] [--out FILE] [--cpu_devices N]
 
 Rows: variant (dyn_mix, sta_new) x image size x compute dtype; training
 frames/s of
@@ -13,7 +13,10 @@ frames/s of
     heads), AdamW step, same batch, on CUDA when available (else torch's
     intra-op threads = all cores); bfloat16 = torch.autocast(bfloat16),
     the same mixed precision;
-and the ratio JAX/PyTorch; on a CPU also `JAX xN`: the same step with the
+each as the median over --rounds rounds of --steps steps, JAX and PyTorch
+alternating round by round after --warmup untimed steps each, and the ratio
+JAX/PyTorch as the median of the per-round ratios (with their range); on a
+CPU also `JAX xN`: the same step with the
 batch split over N XLA CPU devices (`--cpu_devices N`, -1 one per core;
 XLA:CPU runs most fusions on one thread each, and the devices run side by
 side), in a subprocess. A step is --clips clips x
@@ -33,9 +36,13 @@ import json
 import os
 import pathlib
 import platform
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+
+from asrid_jax import hostmem
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "train_bench.json"
 CLIPS, CLIP_LEN = 2, 4  # 8 frames a step on CPU
@@ -78,55 +85,62 @@ def jax_trainer(
   return trainer, state, sharding.global_batch(local, mesh), jax.random.key(0)
 
 
-def jax_rate(
+def jax_runner(
   variant: str,
   size: int,
-  steps: int,
   batch: int = CLIPS,
   clip_len: int = CLIP_LEN,
   dtype: str = "float32",
-) -> dict:
+) -> tuple[Callable[[int], None], dict]:
+  """(run, info): run(n) takes n jitted train steps and waits for the last.
+
+  The first call compiles; info["compile_s"] is its time.
+  """
   import jax
 
   trainer, state, batch_arr, key = jax_trainer(
     variant, size, batch, clip_len, dtype
   )
+
+  def run(n: int) -> None:
+    nonlocal state
+    for _ in range(n):
+      state, m = trainer.train_step(state, batch_arr, key)
+    jax.block_until_ready(m)
+
   t0 = time.perf_counter()
-  state, m = trainer.train_step(state, batch_arr, key)
-  jax.block_until_ready(m)
-  compile_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, m = trainer.train_step(state, batch_arr, key)
-  jax.block_until_ready(m)
-  dt = (time.perf_counter() - t0) / steps
-  stats = jax.devices()[0].memory_stats() or {}
-  return {
-    "frames_per_s": batch * clip_len / dt,
-    "step_s": dt,
-    "compile_s": compile_s,
+  run(1)
+  info = {
+    "compile_s": time.perf_counter() - t0,
     "devices": jax.device_count(),
     "device_kind": jax.devices()[0].device_kind,
-    # The process peak so far (no reset in JAX): later rows include earlier.
-    "peak_bytes": stats.get("peak_bytes_in_use"),
   }
+  return run, info
 
 
-def torch_rate(
+def jax_peak_bytes() -> int | None:
+  """The process peak so far (no reset in JAX): later rows include earlier."""
+  import jax
+
+  return (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+
+
+def torch_runner(
   variant: str,
   size: int,
-  steps: int,
   batch: int = CLIPS,
   clip_len: int = CLIP_LEN,
   dtype: str = "float32",
-) -> dict:
+) -> tuple[Callable[[int], None], dict]:
+  """(run, info): run(n) takes n twin AdamW steps and waits for the last."""
   import torch
 
   from bench import torch_twin
 
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-  sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-  if device.type == "cuda":
+  cuda = device.type == "cuda"
+  sync = torch.cuda.synchronize if cuda else lambda: None
+  if cuda:
     torch.cuda.reset_peak_memory_stats()
   torch.manual_seed(0)
   model = torch_twin.ASRIDTwin(variant).to(device)
@@ -148,21 +162,83 @@ def torch_rate(
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
 
-  step()  # warm-up
-  sync()
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    step()
-  sync()
-  dt = (time.perf_counter() - t0) / steps
-  cuda = device.type == "cuda"
-  return {
-    "frames_per_s": batch * clip_len / dt,
-    "step_s": dt,
+  def run(n: int) -> None:
+    for _ in range(n):
+      step()
+    sync()
+
+  info = {
     "threads": torch.get_num_threads(),
     "torch": torch.__version__,
     "device": torch.cuda.get_device_name(0) if cuda else "cpu",
-    "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+  }
+  return run, info
+
+
+def torch_peak_bytes() -> int | None:
+  """CUDA's peak since the last torch_runner; None on a CPU."""
+  import torch
+
+  return (
+    torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+  )
+
+
+def interleaved_rates(
+  runs: dict[str, Callable[[int], None]],
+  frames: int,
+  steps: int,
+  rounds: int,
+  warmup: int,
+  pause_s: float = 1.0,
+) -> dict[str, list[float]]:
+  """Frames/s of each run in `rounds` alternating rounds of `steps` steps.
+
+  Every run first takes `warmup` untimed steps (allocators, caches and
+  thread pools settle over the first few: a single warm-up step left both
+  frameworks 10-30% slow in the first timed round). Alternating the rounds
+  exposes both to the same machine load, so their per-round ratio is
+  steadier than either rate. Each round starts after a `pause_s` pause:
+  the thread pool of the run before spins for a while after its last step
+  (torch's OpenMP workers cost the next JAX step on 2 cores about 450 ms
+  without the pause, 1 s after it nothing).
+  """
+  for run in runs.values():
+    run(warmup)
+  rates = {name: [] for name in runs}
+  for _ in range(rounds):
+    for name, run in runs.items():
+      if len(runs) > 1:
+        time.sleep(pause_s)
+      t0 = time.perf_counter()
+      run(steps)
+      rates[name].append(frames * steps / (time.perf_counter() - t0))
+  return rates
+
+
+def _summary(rates: list[float], frames: int) -> dict:
+  fps = statistics.median(rates)
+  return {"frames_per_s": fps, "step_s": frames / fps, "rounds": rates}
+
+
+def jax_rate(
+  variant: str,
+  size: int,
+  steps: int,
+  batch: int = CLIPS,
+  clip_len: int = CLIP_LEN,
+  dtype: str = "float32",
+  rounds: int = 3,
+  warmup: int = 3,
+) -> dict:
+  """JAX alone: the median frames/s over `rounds` rounds of `steps` steps."""
+  run, info = jax_runner(variant, size, batch, clip_len, dtype)
+  frames = batch * clip_len
+  rates = interleaved_rates({"jax": run}, frames, steps, rounds, warmup)
+  return {
+    **_summary(rates["jax"], frames),
+    **info,
+    "peak_bytes": jax_peak_bytes(),
   }
 
 
@@ -206,7 +282,18 @@ def main(argv=None) -> dict:
   parser.add_argument("--dtypes", default="float32")
   parser.add_argument("--clips", type=int, default=CLIPS)
   parser.add_argument("--clip_len", type=int, default=CLIP_LEN)
-  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument(
+    "--steps", type=int, default=5, help="timed steps a round"
+  )
+  parser.add_argument(
+    "--rounds",
+    type=int,
+    default=3,
+    help="timed rounds, JAX and PyTorch alternating; medians are reported",
+  )
+  parser.add_argument(
+    "--warmup", type=int, default=3, help="untimed steps before the rounds"
+  )
   parser.add_argument("--scaling", action="store_true")
   parser.add_argument("--scaling_size", type=int, default=64)
   parser.add_argument("--no_torch", action="store_true")
@@ -222,6 +309,8 @@ def main(argv=None) -> dict:
   shape = dict(batch=args.clips, clip_len=args.clip_len)
   out = pathlib.Path(args.out)
   import jax
+
+  from bench import common
 
   if jax.default_backend() != "cpu":
     args.cpu_devices = 0
@@ -244,24 +333,51 @@ def main(argv=None) -> dict:
           "clips": args.clips,
           "T": args.clip_len,
         }
-        row["jax"] = jax_rate(variant, size, args.steps, dtype=dtype, **shape)
+        frames = args.clips * args.clip_len
+        runs = {}
+        runs["jax"], jax_info = jax_runner(variant, size, dtype=dtype, **shape)
+        if not args.no_torch:
+          runs["torch"], torch_info = torch_runner(
+            variant, size, dtype=dtype, **shape
+          )
+        rates = interleaved_rates(
+          runs, frames, args.steps, args.rounds, args.warmup
+        )
+        row["jax"] = {
+          **_summary(rates["jax"], frames),
+          **jax_info,
+          "peak_bytes": jax_peak_bytes(),
+        }
+        if not args.no_torch:
+          row["torch"] = {
+            **_summary(rates["torch"], frames),
+            **torch_info,
+            "peak_bytes": torch_peak_bytes(),
+          }
+          # Per round: both ran under the same load.
+          ratios = [
+            j / t for j, t in zip(rates["jax"], rates["torch"], strict=True)
+          ]
+          row["ratio"] = statistics.median(ratios)
+          row["ratio_rounds"] = ratios
+        del runs  # frees both models before the next row
         if args.cpu_devices > 1:
           # One XLA CPU device per core: XLA:CPU runs most fusions on one
           # thread each, devices run side by side.
           row["jax_devices"] = {
             "devices": args.cpu_devices,
             **_jax_child(
-              args.cpu_devices, variant, size, args.steps, dtype=dtype, **shape
+              args.cpu_devices,
+              variant,
+              size,
+              args.steps,
+              dtype=dtype,
+              rounds=args.rounds,
+              warmup=args.warmup,
+              **shape,
             ),
           }
-        if not args.no_torch:
-          row["torch"] = torch_rate(
-            variant, size, args.steps, dtype=dtype, **shape
-          )
-          row["ratio"] = (
-            row["jax"]["frames_per_s"] / row["torch"]["frames_per_s"]
-          )
-          if "jax_devices" in row:
+          if "torch" in row:
             row["ratio_devices"] = (
               row["jax_devices"]["frames_per_s"] / row["torch"]["frames_per_s"]
             )
@@ -276,24 +392,27 @@ def main(argv=None) -> dict:
       scaling.append({"devices": devices, **r})
       print(json.dumps(scaling[-1]), flush=True)
   print(
-    f"\nTraining frames/s ({platform.processor() or platform.machine()}, "
-    f"{os.cpu_count()} cores), batch {args.clips} clips x {args.clip_len} "
-    "frames"
+    f"\nTraining frames/s ({common.cpu_name()}, {os.cpu_count()} cores), "
+    f"batch {args.clips} clips x {args.clip_len} frames; median of "
+    f"{args.rounds} alternating rounds of {args.steps} steps after "
+    f"{args.warmup} warm-up steps"
   )
   devices_label = f"JAX x{args.cpu_devices}"
   print(
     f"{'variant':<9}{'size':>6} {'dtype':<9}{'JAX':>10}{'PyTorch':>10}"
-    f"{'JAX/PT':>8}{'compile s':>11}{'JAX peak GiB':>14}"
+    f"{'JAX/PT':>8}{'range':>12}{'compile s':>11}{'JAX peak GiB':>14}"
     + (f"{devices_label:>10}{'/PT':>7}" if args.cpu_devices > 1 else "")
   )
   for r in rows:
     pt = r.get("torch", {}).get("frames_per_s", float("nan"))
     peak = r["jax"].get("peak_bytes")
     peak_s = f"{peak / 2**30:>14.2f}" if peak else f"{'-':>14}"
+    ratios = r.get("ratio_rounds")
+    range_s = f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "-"
     print(
       f"{r['variant']:<9}{r['size']:>6} {r['dtype']:<9}"
       f"{r['jax']['frames_per_s']:>10.1f}{pt:>10.1f}"
-      f"{r.get('ratio', float('nan')):>8.2f}"
+      f"{r.get('ratio', float('nan')):>8.2f}{range_s:>12}"
       f"{r['jax']['compile_s']:>11.1f}{peak_s}"
       + (
         f"{r['jax_devices']['frames_per_s']:>10.1f}"
@@ -326,4 +445,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+  hostmem.ensure_hugepage_malloc()  # before any work: it may re-execute
   main()

@@ -1,0 +1,112 @@
+"""bench/train_bench.py's timing rounds and its rows, on a fake clock.
+
+The real runners compile the full train step (tens of seconds); here each
+fake run advances a fake clock by a fixed time a step, so every rate and
+ratio is exact.
+"""
+
+import json
+
+import pytest
+
+from bench import train_bench
+
+
+class FakeClock:
+  def __init__(self):
+    self.now = 0.0
+    self.log = []
+
+  def perf_counter(self):
+    return self.now
+
+  def sleep(self, seconds):
+    self.log.append(("sleep", seconds))
+    self.now += seconds
+
+  def runner(self, name, seconds_per_step):
+    def run(n):
+      self.log.append((name, n))
+      self.now += n * seconds_per_step
+
+    return run
+
+
+@pytest.fixture
+def clock(monkeypatch):
+  fake = FakeClock()
+  monkeypatch.setattr(train_bench.time, "perf_counter", fake.perf_counter)
+  monkeypatch.setattr(train_bench.time, "sleep", fake.sleep)
+  return fake
+
+
+def test_interleaved_rates_warm_up_then_alternate_with_pauses(clock):
+  runs = {
+    "jax": clock.runner("jax", 0.25),
+    "torch": clock.runner("torch", 0.5),
+  }
+  rates = train_bench.interleaved_rates(
+    runs, frames=8, steps=4, rounds=2, warmup=3, pause_s=1.5
+  )
+  assert rates == {"jax": [32.0, 32.0], "torch": [16.0, 16.0]}
+  round_ = [("sleep", 1.5), ("jax", 4), ("sleep", 1.5), ("torch", 4)]
+  assert clock.log == [("jax", 3), ("torch", 3), *round_, *round_]
+
+
+def test_interleaved_rates_one_run_has_no_pauses(clock):
+  rates = train_bench.interleaved_rates(
+    {"jax": clock.runner("jax", 0.1)}, frames=8, steps=5, rounds=3, warmup=1
+  )
+  assert rates["jax"] == pytest.approx([80.0] * 3)
+  assert clock.log == [("jax", 1)] + [("jax", 5)] * 3
+
+
+def test_main_rows_take_medians_and_per_round_ratios(
+  clock, monkeypatch, tmp_path
+):
+  # JAX's rounds take 0.5, 0.25, 0.25 s a step; torch's 0.5, 0.5, 1.0:
+  # per-round ratios 1, 2, 4; the medians are 32 and 16 frames/s, ratio 2.
+  jax_steps = iter([0.0, 0.5, 0.25, 0.25])  # the first: the warm-up
+  torch_steps = iter([0.0, 0.5, 0.5, 1.0])
+
+  def make(name, steps, info):
+    def run(n):
+      clock.log.append((name, n))
+      clock.now += n * next(steps)
+
+    return run, info
+
+  monkeypatch.setattr(
+    train_bench,
+    "jax_runner",
+    lambda *a, **k: make("jax", jax_steps, {"compile_s": 2.0}),
+  )
+  monkeypatch.setattr(
+    train_bench,
+    "torch_runner",
+    lambda *a, **k: make("torch", torch_steps, {"threads": 2}),
+  )
+  monkeypatch.setattr(train_bench, "jax_peak_bytes", lambda: None)
+  monkeypatch.setattr(train_bench, "torch_peak_bytes", lambda: None)
+  out = tmp_path / "tb.json"
+  result = train_bench.main(
+    [
+      "--sizes=64",
+      "--variants=dyn_mix",
+      "--steps=2",
+      "--rounds=3",
+      "--warmup=1",
+      f"--out={out}",
+    ]
+  )
+  (row,) = result["rows"]
+  assert row["jax"]["rounds"] == [16.0, 32.0, 32.0]
+  assert row["torch"]["rounds"] == [16.0, 16.0, 8.0]
+  assert row["jax"]["frames_per_s"] == 32.0
+  assert row["jax"]["step_s"] == 0.25
+  assert row["torch"]["frames_per_s"] == 16.0
+  assert row["ratio_rounds"] == [1.0, 2.0, 4.0]
+  assert row["ratio"] == 2.0
+  assert row["jax"]["compile_s"] == 2.0 and row["torch"]["threads"] == 2
+  written = json.loads(out.read_text())
+  assert written["complete"] and written["rows"] == result["rows"]
