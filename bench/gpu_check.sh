@@ -109,7 +109,8 @@ else
     --batch 192 --reps 5 --asrid_frames 0 --out "$OUT/model_bench_b192.json"
   step train_bench 105 "$PY" -m bench.train_bench --sizes 380 \
     --variants dyn_mix --dtypes float32,bfloat16 --clips 24 --clip_len 8 \
-    --steps 5 --out "$OUT/train_bench.json"
+    --processes 0 --steps 3 --rounds 2 --warmup 2 \
+    --out "$OUT/train_bench.json"
   if [[ -f "$DATA/dataset_info.json" ]]; then
     # Stops itself (SIGTERM, checkpoint) 30 s after the first step; the
     # 16-core host runs 4 input workers (the config's 0 suits 2 cores).

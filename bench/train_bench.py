@@ -1,7 +1,7 @@
 """Training throughput: the JAX train step vs a PyTorch twin, and CPU scaling.
 
-  python -m bench.train_bench [--sizes 380,128] [--steps 5] [--rounds 3]
-      [--warmup 3] [--scaling] [--dtypes float32,bfloat16]
+  python -m bench.train_bench [--sizes 380,128] [--processes 2] [--steps 5]
+      [--rounds 3] [--warmup 3] [--scaling] [--dtypes float32,bfloat16]
       [--clips 24 --clip_len 8] [--out FILE] [--cpu_devices N]
 
 Rows: variant (dyn_mix, sta_new) x image size x compute dtype; training
@@ -13,9 +13,14 @@ frames/s of
     heads), AdamW step, same batch, on CUDA when available (else torch's
     intra-op threads = all cores); bfloat16 = torch.autocast(bfloat16),
     the same mixed precision;
-each as the median over --rounds rounds of --steps steps, JAX and PyTorch
-alternating round by round after --warmup untimed steps each, and the ratio
-JAX/PyTorch as the median of the per-round ratios (with their range); on a
+each the median of --rounds rounds of --steps steps after --warmup untimed
+steps, and the ratio JAX/PyTorch. By default (--processes N) each framework
+runs alone in N fresh processes, JAX and PyTorch alternating, and the ratio
+is the median over the N pairs: in one process, alternating with torch,
+JAX's step ran 15-30% slower on the 2-core machine (torch's less), which a
+user training with one of them never sees. --processes 0 runs both in this
+process, rounds alternating, the ratio per round (bench/gpu_check.sh, where
+compiling anew for every process would not fit its time); on a
 CPU also `JAX xN`: the same step with the
 batch split over N XLA CPU devices (`--cpu_devices N`, -1 one per core;
 XLA:CPU runs most fusions on one thread each, and the devices run side by
@@ -221,7 +226,8 @@ def _summary(rates: list[float], frames: int) -> dict:
   return {"frames_per_s": fps, "step_s": frames / fps, "rounds": rates}
 
 
-def jax_rate(
+def rate(
+  framework: str,
   variant: str,
   size: int,
   steps: int,
@@ -231,27 +237,33 @@ def jax_rate(
   rounds: int = 3,
   warmup: int = 3,
 ) -> dict:
-  """JAX alone: the median frames/s over `rounds` rounds of `steps` steps."""
-  run, info = jax_runner(variant, size, batch, clip_len, dtype)
+  """One framework alone ("jax" or "torch"): the median frames/s over
+  `rounds` rounds of `steps` steps, after `warmup` steps."""
+  runner, peak = {
+    "jax": (jax_runner, jax_peak_bytes),
+    "torch": (torch_runner, torch_peak_bytes),
+  }[framework]
+  run, info = runner(variant, size, batch, clip_len, dtype)
   frames = batch * clip_len
-  rates = interleaved_rates({"jax": run}, frames, steps, rounds, warmup)
-  return {
-    **_summary(rates["jax"], frames),
-    **info,
-    "peak_bytes": jax_peak_bytes(),
-  }
+  rates = interleaved_rates({framework: run}, frames, steps, rounds, warmup)
+  return {**_summary(rates[framework], frames), **info, "peak_bytes": peak()}
 
 
-def _jax_child(devices: int, variant: str, size: int, steps: int, **kw) -> dict:
-  """jax_rate in a fresh process with `devices` XLA CPU devices."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+def _child(
+  framework: str, variant: str, size: int, steps: int, devices: int = 0, **kw
+) -> dict:
+  """`rate` in a fresh process; for JAX with `devices` XLA CPU devices."""
+  env = dict(os.environ)
+  setup = ""
+  if devices:
+    env["JAX_PLATFORMS"] = "cpu"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    setup = f"import jax; jax.config.update('jax_num_cpu_devices', {devices});"
   code = (
-    "import json, jax;"
-    f"jax.config.update('jax_num_cpu_devices', {devices});"
+    f"import json; {setup}"
     "from bench import train_bench as b;"
-    f"print('RESULT', json.dumps(b.jax_rate({variant!r}, {size}, {steps}, "
-    f"**{kw!r})))"
+    f"print('RESULT', json.dumps(b.rate({framework!r}, {variant!r}, {size}, "
+    f"{steps}, **{kw!r})))"
   )
   out = subprocess.run(
     [sys.executable, "-c", code],
@@ -267,7 +279,70 @@ def _jax_child(devices: int, variant: str, size: int, steps: int, **kw) -> dict:
 
 
 def _scaling_child(devices: int, size: int, steps: int) -> dict:
-  return _jax_child(devices, "dyn_mix", size, steps, batch=8)
+  return _child("jax", "dyn_mix", size, steps, devices=devices, batch=8)
+
+
+def _ratios(row: dict, jax_rates: list, torch_rates: list) -> dict:
+  ratios = [j / t for j, t in zip(jax_rates, torch_rates, strict=True)]
+  return {**row, "ratio": statistics.median(ratios), "ratios": ratios}
+
+
+def _in_process(variant: str, size: int, dtype: str, args) -> dict:
+  """Both frameworks in this process, rounds alternating: the ratio per round."""
+  shape = dict(batch=args.clips, clip_len=args.clip_len, dtype=dtype)
+  frames = args.clips * args.clip_len
+  runs = {}
+  runs["jax"], jax_info = jax_runner(variant, size, **shape)
+  if not args.no_torch:
+    runs["torch"], torch_info = torch_runner(variant, size, **shape)
+  rates = interleaved_rates(runs, frames, args.steps, args.rounds, args.warmup)
+  row = {
+    "timing": f"{args.rounds} alternating rounds in one process",
+    "jax": {
+      **_summary(rates["jax"], frames),
+      **jax_info,
+      "peak_bytes": jax_peak_bytes(),
+    },
+  }
+  if args.no_torch:
+    return row
+  row["torch"] = {
+    **_summary(rates["torch"], frames),
+    **torch_info,
+    "peak_bytes": torch_peak_bytes(),
+  }
+  return _ratios(row, rates["jax"], rates["torch"])
+
+
+def _in_processes(variant: str, size: int, dtype: str, args) -> dict:
+  """Each framework in its own fresh processes, alternating: the ratio per
+  pair of processes."""
+  kw = dict(
+    batch=args.clips,
+    clip_len=args.clip_len,
+    dtype=dtype,
+    rounds=args.rounds,
+    warmup=args.warmup,
+  )
+  frameworks = ["jax"] + ([] if args.no_torch else ["torch"])
+  runs = {name: [] for name in frameworks}
+  for _ in range(args.processes):
+    for name in frameworks:
+      runs[name].append(_child(name, variant, size, args.steps, **kw))
+  row = {"timing": f"{args.processes} alternating processes each"}
+  for name, results in runs.items():
+    rates = [r["frames_per_s"] for r in results]
+    fps = statistics.median(rates)
+    row[name] = {
+      **results[0],
+      "frames_per_s": fps,
+      "step_s": args.clips * args.clip_len / fps,
+      "processes": rates,
+      "rounds": [r["rounds"] for r in results],
+    }
+  if args.no_torch:
+    return row
+  return _ratios(row, row["jax"]["processes"], row["torch"]["processes"])
 
 
 def _write(path: pathlib.Path, result: dict) -> None:
@@ -293,6 +368,13 @@ def main(argv=None) -> dict:
   )
   parser.add_argument(
     "--warmup", type=int, default=3, help="untimed steps before the rounds"
+  )
+  parser.add_argument(
+    "--processes",
+    type=int,
+    default=2,
+    help="N > 0: JAX and PyTorch each in N fresh processes, alternating, "
+    "the ratio per pair; 0: both in this process, rounds alternating",
   )
   parser.add_argument("--scaling", action="store_true")
   parser.add_argument("--scaling_size", type=int, default=64)
@@ -333,44 +415,19 @@ def main(argv=None) -> dict:
           "clips": args.clips,
           "T": args.clip_len,
         }
-        frames = args.clips * args.clip_len
-        runs = {}
-        runs["jax"], jax_info = jax_runner(variant, size, dtype=dtype, **shape)
-        if not args.no_torch:
-          runs["torch"], torch_info = torch_runner(
-            variant, size, dtype=dtype, **shape
-          )
-        rates = interleaved_rates(
-          runs, frames, args.steps, args.rounds, args.warmup
-        )
-        row["jax"] = {
-          **_summary(rates["jax"], frames),
-          **jax_info,
-          "peak_bytes": jax_peak_bytes(),
-        }
-        if not args.no_torch:
-          row["torch"] = {
-            **_summary(rates["torch"], frames),
-            **torch_info,
-            "peak_bytes": torch_peak_bytes(),
-          }
-          # Per round: both ran under the same load.
-          ratios = [
-            j / t for j, t in zip(rates["jax"], rates["torch"], strict=True)
-          ]
-          row["ratio"] = statistics.median(ratios)
-          row["ratio_rounds"] = ratios
-        del runs  # frees both models before the next row
+        measure = _in_processes if args.processes else _in_process
+        row.update(measure(variant, size, dtype, args))
         if args.cpu_devices > 1:
           # One XLA CPU device per core: XLA:CPU runs most fusions on one
           # thread each, devices run side by side.
           row["jax_devices"] = {
             "devices": args.cpu_devices,
-            **_jax_child(
-              args.cpu_devices,
+            **_child(
+              "jax",
               variant,
               size,
               args.steps,
+              devices=args.cpu_devices,
               dtype=dtype,
               rounds=args.rounds,
               warmup=args.warmup,
@@ -393,9 +450,16 @@ def main(argv=None) -> dict:
       print(json.dumps(scaling[-1]), flush=True)
   print(
     f"\nTraining frames/s ({common.cpu_name()}, {os.cpu_count()} cores), "
-    f"batch {args.clips} clips x {args.clip_len} frames; median of "
-    f"{args.rounds} alternating rounds of {args.steps} steps after "
-    f"{args.warmup} warm-up steps"
+    f"batch {args.clips} clips x {args.clip_len} frames;\n"
+    + (
+      f"medians of {args.processes} fresh processes each, alternating "
+      "(range: the ratio per pair), each the median of "
+      if args.processes
+      else "both in one process, medians of "
+    )
+    + f"{args.rounds} rounds of {args.steps} steps after {args.warmup} "
+    "warm-up steps"
+    + ("" if args.processes else " (range: the ratio per round)")
   )
   devices_label = f"JAX x{args.cpu_devices}"
   print(
@@ -407,7 +471,7 @@ def main(argv=None) -> dict:
     pt = r.get("torch", {}).get("frames_per_s", float("nan"))
     peak = r["jax"].get("peak_bytes")
     peak_s = f"{peak / 2**30:>14.2f}" if peak else f"{'-':>14}"
-    ratios = r.get("ratio_rounds")
+    ratios = r.get("ratios")
     range_s = f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "-"
     print(
       f"{r['variant']:<9}{r['size']:>6} {r['dtype']:<9}"

@@ -96,6 +96,7 @@ def test_main_rows_take_medians_and_per_round_ratios(
       "--steps=2",
       "--rounds=3",
       "--warmup=1",
+      "--processes=0",
       f"--out={out}",
     ]
   )
@@ -105,8 +106,44 @@ def test_main_rows_take_medians_and_per_round_ratios(
   assert row["jax"]["frames_per_s"] == 32.0
   assert row["jax"]["step_s"] == 0.25
   assert row["torch"]["frames_per_s"] == 16.0
-  assert row["ratio_rounds"] == [1.0, 2.0, 4.0]
+  assert row["ratios"] == [1.0, 2.0, 4.0]
   assert row["ratio"] == 2.0
   assert row["jax"]["compile_s"] == 2.0 and row["torch"]["threads"] == 2
   written = json.loads(out.read_text())
   assert written["complete"] and written["rows"] == result["rows"]
+
+
+def test_main_in_fresh_processes_pairs_them_in_order(monkeypatch, tmp_path):
+  # Each call is one fresh process; JAX at 20, 30, 24 frames/s, torch at
+  # 20, 10, 16: ratios per pair 1, 3, 1.5; medians 24 and 16, ratio 1.5.
+  rates = {"jax": iter([20.0, 30.0, 24.0]), "torch": iter([20.0, 10.0, 16.0])}
+  calls = []
+
+  def child(framework, variant, size, steps, devices=0, **kw):
+    calls.append((framework, variant, size, steps, devices, kw))
+    fps = next(rates[framework])
+    return {"frames_per_s": fps, "rounds": [fps], "compile_s": 1.0}
+
+  monkeypatch.setattr(train_bench, "_child", child)
+  out = tmp_path / "tb.json"
+  result = train_bench.main(
+    [
+      "--sizes=64",
+      "--variants=dyn_mix",
+      "--processes=3",
+      "--steps=4",
+      "--rounds=2",
+      "--warmup=1",
+      f"--out={out}",
+    ]
+  )
+  (row,) = result["rows"]
+  assert [c[0] for c in calls] == ["jax", "torch"] * 3
+  kw = dict(batch=2, clip_len=4, dtype="float32", rounds=2, warmup=1)
+  assert calls[0] == ("jax", "dyn_mix", 64, 4, 0, kw)
+  assert row["jax"]["processes"] == [20.0, 30.0, 24.0]
+  assert row["jax"]["frames_per_s"] == 24.0
+  assert row["jax"]["step_s"] == 8 / 24.0
+  assert row["torch"]["frames_per_s"] == 16.0
+  assert row["ratios"] == [1.0, 3.0, 1.5]
+  assert row["ratio"] == 1.5
