@@ -33,7 +33,7 @@ import time
 import jax
 from absl import app, flags
 
-from asrid_jax import reporting
+from asrid_jax import hostmem, reporting
 from asrid_jax import train as train_lib
 from asrid_jax.data import records
 
@@ -146,5 +146,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hostmem.ensure_hugepage_malloc()  # before any work: it may re-execute
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

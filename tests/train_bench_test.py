@@ -6,6 +6,9 @@ ratio is exact.
 """
 
 import json
+import os
+import subprocess
+import types
 
 import pytest
 
@@ -35,8 +38,12 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch):
   fake = FakeClock()
-  monkeypatch.setattr(train_bench.time, "perf_counter", fake.perf_counter)
-  monkeypatch.setattr(train_bench.time, "sleep", fake.sleep)
+  # Only train_bench's view of `time`, not the module everyone shares.
+  monkeypatch.setattr(
+    train_bench,
+    "time",
+    types.SimpleNamespace(perf_counter=fake.perf_counter, sleep=fake.sleep),
+  )
   return fake
 
 
@@ -147,3 +154,50 @@ def test_main_in_fresh_processes_pairs_them_in_order(monkeypatch, tmp_path):
   assert row["torch"]["frames_per_s"] == 16.0
   assert row["ratios"] == [1.0, 3.0, 1.5]
   assert row["ratio"] == 1.5
+
+
+def test_child_runs_rate_in_a_fresh_python_and_reads_its_result(
+  monkeypatch, capsys
+):
+  # The command line _child builds, run here in-process against a stub
+  # `rate`: it must call rate with the arguments given and print its result.
+  seen = {}
+
+  def fake_run(cmd, env, **kw):
+    seen["env"] = env
+    assert cmd[1] == "-c"
+    exec(cmd[2], {})
+    return subprocess.CompletedProcess(cmd, 0, capsys.readouterr().out, "")
+
+  def fake_rate(*args, **kw):
+    seen["call"] = (args, kw)
+    return {"frames_per_s": 12.5}
+
+  monkeypatch.setattr(train_bench.subprocess, "run", fake_run)
+  monkeypatch.setattr(train_bench, "rate", fake_rate)
+  got = train_bench._child(
+    "torch", "dyn_mix", 64, 3, rounds=2, dtype="bfloat16"
+  )
+  assert got == {"frames_per_s": 12.5}
+  assert seen["call"] == (
+    ("torch", "dyn_mix", 64, 3),
+    {"rounds": 2, "dtype": "bfloat16"},
+  )
+  assert seen["env"] == dict(os.environ)  # devices=0: the parent's own
+
+
+def test_child_failure_names_the_child_and_shows_its_stderr(monkeypatch):
+  def fake_run(cmd, **kw):
+    return subprocess.CompletedProcess(cmd, 1, "", "ImportError: no torch")
+
+  monkeypatch.setattr(train_bench.subprocess, "run", fake_run)
+  with pytest.raises(
+    RuntimeError, match="(?s)torch child.*exited with 1.*no torch"
+  ):
+    train_bench._child("torch", "dyn_mix", 64, 3)
+
+
+@pytest.mark.parametrize("flag", ["--steps=0", "--rounds=0", "--warmup=-1"])
+def test_main_rejects_counts_below_one(flag):
+  with pytest.raises(SystemExit):
+    train_bench.main([flag, "--no_torch"])
