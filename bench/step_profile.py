@@ -3,7 +3,7 @@
   python -m bench.step_profile [--variant dyn_mix] [--size 380]
       [--clips 2 --clip_len 4] [--steps 5] [--top 25] [--out FILE]
 
-Traces `--steps` jitted train steps (bench/train_bench.py's Trainer on
+Traces `--steps` jitted train steps (bench/train_timing.py's Trainer on
 random clips, compile excluded) with `jax.profiler` and reads what XLA:CPU's
 threads did in each step window (see `thread_activity`): which op each
 thread ran, when pool workers helped an op (YNNPACK and Eigen split an op's
@@ -250,14 +250,14 @@ def _load_trace(directory: pathlib.Path) -> list[dict[str, Any]]:
 def profile(args) -> dict[str, Any]:
   import jax
 
-  from bench import common, train_bench
+  from bench import common, train_timing
 
   if jax.default_backend() != "cpu":
     raise SystemExit(
       f"step_profile reads XLA:CPU's threads; JAX runs on "
       f"{jax.default_backend()} here (set JAX_PLATFORMS=cpu)"
     )
-  trainer, state, batch, key = train_bench.jax_trainer(
+  trainer, state, batch, key = train_timing.jax_trainer(
     args.variant, args.size, args.clips, args.clip_len, args.dtype
   )
   # Compiled once, so the HLO read is the one that runs.

@@ -1,4 +1,5 @@
-"""bench/train_bench.py's timing rounds and its rows, on a fake clock.
+"""bench/train_timing.py's timing rounds and bench/train_bench.py's rows, on a
+fake clock.
 
 The real runners compile the full train step (tens of seconds); here each
 fake run advances a fake clock by a fixed time a step, so every rate and
@@ -12,7 +13,7 @@ import types
 
 import pytest
 
-from bench import train_bench
+from bench import train_bench, train_timing
 
 
 class FakeClock:
@@ -40,7 +41,7 @@ def clock(monkeypatch):
   fake = FakeClock()
   # Only train_bench's view of `time`, not the module everyone shares.
   monkeypatch.setattr(
-    train_bench,
+    train_timing,
     "time",
     types.SimpleNamespace(perf_counter=fake.perf_counter, sleep=fake.sleep),
   )
@@ -52,7 +53,7 @@ def test_interleaved_rates_warm_up_then_alternate_with_pauses(clock):
     "jax": clock.runner("jax", 0.25),
     "torch": clock.runner("torch", 0.5),
   }
-  rates = train_bench.interleaved_rates(
+  rates = train_timing.interleaved_rates(
     runs, frames=8, steps=4, rounds=2, warmup=3, pause_s=1.5
   )
   assert rates == {"jax": [32.0, 32.0], "torch": [16.0, 16.0]}
@@ -61,7 +62,7 @@ def test_interleaved_rates_warm_up_then_alternate_with_pauses(clock):
 
 
 def test_interleaved_rates_one_run_has_no_pauses(clock):
-  rates = train_bench.interleaved_rates(
+  rates = train_timing.interleaved_rates(
     {"jax": clock.runner("jax", 0.1)}, frames=8, steps=5, rounds=3, warmup=1
   )
   assert rates["jax"] == pytest.approx([80.0] * 3)
@@ -84,17 +85,17 @@ def test_main_rows_take_medians_and_per_round_ratios(
     return run, info
 
   monkeypatch.setattr(
-    train_bench,
+    train_timing,
     "jax_runner",
     lambda *a, **k: make("jax", jax_steps, {"compile_s": 2.0}),
   )
   monkeypatch.setattr(
-    train_bench,
+    train_timing,
     "torch_runner",
     lambda *a, **k: make("torch", torch_steps, {"threads": 2}),
   )
-  monkeypatch.setattr(train_bench, "jax_peak_bytes", lambda: None)
-  monkeypatch.setattr(train_bench, "torch_peak_bytes", lambda: None)
+  monkeypatch.setattr(train_timing, "jax_peak_bytes", lambda: None)
+  monkeypatch.setattr(train_timing, "torch_peak_bytes", lambda: None)
   out = tmp_path / "tb.json"
   result = train_bench.main(
     [
@@ -131,7 +132,7 @@ def test_main_in_fresh_processes_pairs_them_in_order(monkeypatch, tmp_path):
     fps = next(rates[framework])
     return {"frames_per_s": fps, "rounds": [fps], "compile_s": 1.0}
 
-  monkeypatch.setattr(train_bench, "_child", child)
+  monkeypatch.setattr(train_timing, "child", child)
   out = tmp_path / "tb.json"
   result = train_bench.main(
     [
@@ -159,7 +160,7 @@ def test_main_in_fresh_processes_pairs_them_in_order(monkeypatch, tmp_path):
 def test_child_runs_rate_in_a_fresh_python_and_reads_its_result(
   monkeypatch, capsys
 ):
-  # The command line _child builds, run here in-process against a stub
+  # The command line child builds, run here in-process against a stub
   # `rate`: it must call rate with the arguments given and print its result.
   seen = {}
 
@@ -173,9 +174,9 @@ def test_child_runs_rate_in_a_fresh_python_and_reads_its_result(
     seen["call"] = (args, kw)
     return {"frames_per_s": 12.5}
 
-  monkeypatch.setattr(train_bench.subprocess, "run", fake_run)
-  monkeypatch.setattr(train_bench, "rate", fake_rate)
-  got = train_bench._child(
+  monkeypatch.setattr(train_timing.subprocess, "run", fake_run)
+  monkeypatch.setattr(train_timing, "rate", fake_rate)
+  got = train_timing.child(
     "torch", "dyn_mix", 64, 3, rounds=2, dtype="bfloat16"
   )
   assert got == {"frames_per_s": 12.5}
@@ -190,11 +191,11 @@ def test_child_failure_names_the_child_and_shows_its_stderr(monkeypatch):
   def fake_run(cmd, **kw):
     return subprocess.CompletedProcess(cmd, 1, "", "ImportError: no torch")
 
-  monkeypatch.setattr(train_bench.subprocess, "run", fake_run)
+  monkeypatch.setattr(train_timing.subprocess, "run", fake_run)
   with pytest.raises(
     RuntimeError, match="(?s)torch child.*exited with 1.*no torch"
   ):
-    train_bench._child("torch", "dyn_mix", 64, 3)
+    train_timing.child("torch", "dyn_mix", 64, 3)
 
 
 @pytest.mark.parametrize("flag", ["--steps=0", "--rounds=0", "--warmup=-1"])
